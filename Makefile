@@ -1,0 +1,34 @@
+# make run: set up .venv and run the default experiment. make test: set up and run the tests.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup run test lint bench ui clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+run: setup
+	$(BIN)/python main.py
+
+test: setup
+	$(BIN)/python -m pytest -q -m "not slow" tests
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/mypy core plugins main.py
+
+bench: setup
+	$(BIN)/python bench/ppo_throughput.py
+
+ui: setup
+	$(BIN)/mlflow ui --backend-store-uri $${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db} --host 127.0.0.1 --port 5000
+
+clean:
+	rm -rf outputs multirun mlruns mlflow.db

@@ -1,0 +1,65 @@
+"""Capability checks: refuse an incompatible combination of plugins before any work starts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hydra.utils import get_class
+from omegaconf import OmegaConf
+
+from core.interfaces import Capabilities, Environment
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+class IncompatibleError(ValueError):
+    """The chosen plugins cannot work together; the message names them and what would work."""
+
+
+def plugin_class(node: object) -> type:
+    """The class a config node builds (`_target_`)."""
+    return get_class(OmegaConf.select(node, "_target_"))  # type: ignore[arg-type]
+
+
+def options_of(group: str) -> dict[str, type]:
+    """Every option of a config group (conf/<group>/*.yaml) and the class it builds."""
+    out = {}
+    for file in sorted((CONF_DIR / group).glob("*.yaml")):
+        target = OmegaConf.load(file).get("_target_")
+        if target:
+            out[file.stem] = get_class(target)
+    return out
+
+
+def _fits_env(caps: Capabilities, env: Environment) -> bool:
+    return env.observation_kind in caps.observations and env.action_kind in caps.actions
+
+
+def _alternatives(group: str, env: Environment) -> str:
+    ok = [name for name, cls in options_of(group).items() if _fits_env(cls.capabilities, env)]
+    return f"{group}={','.join(ok)}" if ok else f"no {group} option yet"
+
+
+def check_compatible(env: Environment, choices: dict[str, str], classes: dict[str, type]) -> None:
+    """choices: group -> option name (env, reward, preference, policy); classes: group -> plugin class.
+
+    Raises IncompatibleError naming the parts and the options that would work.
+    """
+    where = f"env={choices['env']} (observations '{env.observation_kind}', actions '{env.action_kind}')"
+    reward_caps: Capabilities = classes["reward"].capabilities
+    policy_caps: Capabilities = classes["policy"].capabilities
+    uses_source = reward_caps.needs_preferences or policy_caps.needs_demonstrations
+    groups = ["policy", "reward"] + (["preference"] if uses_source else [])
+    for group in groups:
+        caps: Capabilities = classes[group].capabilities
+        if not _fits_env(caps, env):
+            raise IncompatibleError(
+                f"{group}={choices[group]} cannot work with {where}: it supports observations "
+                f"{sorted(caps.observations)} and actions {sorted(caps.actions)}. "
+                f"With env={choices['env']} try {_alternatives(group, env)}.")
+    source_caps: Capabilities = classes["preference"].capabilities
+    if policy_caps.needs_demonstrations and not source_caps.provides_demonstrations:
+        good = [n for n, c in options_of("preference").items() if c.capabilities.provides_demonstrations]
+        raise IncompatibleError(
+            f"policy={choices['policy']} learns from demonstrations, but preference={choices['preference']} "
+            f"provides none; use preference={','.join(good)}.")

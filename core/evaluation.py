@@ -1,0 +1,60 @@
+"""Rolling out a policy and measuring it against the environment's true reward."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from core.interfaces import Environment, Policy, RewardModel
+from core.types import Trajectory
+
+
+def rollout(policy: Policy, env: Environment, episodes: int, seed: int, deterministic: bool = False,
+            max_envs: int = 16, desc: str | None = None) -> list[Trajectory]:
+    """Run `episodes` whole episodes and return them with their true rewards.
+
+    Episodes run in up to `max_envs` parallel copies; each copy contributes the same number of
+    consecutive episodes (its first ones), so short episodes are not over-represented.
+    """
+    num_envs = min(episodes, max_envs)
+    per_env = math.ceil(episodes / num_envs)
+    envs = env.make_vec(num_envs)
+    obs, _ = envs.reset(seed=seed)
+    buffers: list[tuple[list, list, list]] = [([], [], []) for _ in range(num_envs)]
+    done: list[list[Trajectory]] = [[] for _ in range(num_envs)]
+    bar = tqdm(total=num_envs * per_env, desc=desc, disable=desc is None, leave=False)
+    while any(len(d) < per_env for d in done):
+        actions = policy.act(obs, deterministic=deterministic)
+        next_obs, rewards, terminated, truncated, _ = envs.step(actions)
+        for i in range(num_envs):
+            o, a, r = buffers[i]
+            o.append(obs[i])
+            a.append(actions[i])
+            r.append(rewards[i])
+            if terminated[i] or truncated[i]:
+                if len(done[i]) < per_env:
+                    done[i].append(Trajectory(np.array(o, dtype=np.float32), np.array(a),
+                                              np.array(r, dtype=np.float32)))
+                    bar.update(1)
+                buffers[i] = ([], [], [])
+        obs = next_obs
+    bar.close()
+    envs.close()
+    return [traj for per in zip(*done, strict=True) for traj in per][:episodes]
+
+
+def pearson(x: np.ndarray, y: np.ndarray) -> float:
+    """Pearson correlation; nan when either side is constant."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if len(x) < 2 or x.std() == 0 or y.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def returns(trajs: list[Trajectory], reward: RewardModel | None = None) -> np.ndarray:
+    """True returns of trajectories, or learned ones if a reward model is given."""
+    if reward is None:
+        return np.array([t.true_return for t in trajs])
+    return np.array([reward.learned_return(t) for t in trajs])

@@ -1,0 +1,151 @@
+"""The four interfaces every plugin implements, plus the environment they act in.
+
+Plugins implement these; the pipeline (core/pipeline.py) only ever talks to them. Each class declares
+`capabilities`, which core/compat.py checks before any work starts.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar
+
+import gymnasium as gym
+import numpy as np
+
+from core.types import Preferences, Trajectory
+
+if TYPE_CHECKING:
+    from core.run import RunContext
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a plugin works with.
+
+    observations: observation kinds it accepts ("vector", "image", "text").
+    actions: action kinds it accepts ("discrete", "continuous", "token").
+    needs_demonstrations: an Optimizer that learns from demonstrations (behavioral cloning).
+    needs_preferences: a RewardModel trained from preferences (False for the true reward).
+    provides_demonstrations: a PreferenceSource whose items are whole demonstration trajectories.
+    """
+
+    observations: frozenset[str] = frozenset({"vector", "image", "text"})
+    actions: frozenset[str] = frozenset({"discrete", "continuous", "token"})
+    needs_demonstrations: bool = False
+    needs_preferences: bool = False
+    provides_demonstrations: bool = False
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+
+class Environment(ABC):
+    """A task: makes (vectorised) gymnasium environments and says what they observe and do.
+
+    observation_kind: "vector" (Box of shape (D,)), "image" (Box (C, H, W) uint8) or "text".
+    action_kind: "discrete" (Discrete(A)), "continuous" (Box (A,)) or "token".
+    """
+
+    name: str
+    observation_kind: str
+    action_kind: str
+
+    @abstractmethod
+    def make_vec(self, num_envs: int) -> gym.vector.VectorEnv:
+        """`num_envs` copies autoresetting in SAME_STEP mode (the final observation of an episode
+        is in infos["final_obs"]). Callers seed them with `envs.reset(seed=seed)`."""
+
+    @property
+    @abstractmethod
+    def observation_space(self) -> gym.Space:
+        """The single-environment observation space."""
+
+    @property
+    @abstractmethod
+    def action_space(self) -> gym.Space:
+        """The single-environment action space."""
+
+
+class Policy(ABC):
+    """Acts. Control: a batch of observations (N, *obs_shape) -> actions (N, *action_shape).
+
+    Actor-critic policies also expose a value estimate; the optimizer that trained a policy knows how;
+    the rest of rexlab only calls `act`.
+    """
+
+    @abstractmethod
+    def act(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
+        """Sample (or, if deterministic, take the mode of) the action distribution for each row."""
+
+
+class RewardModel(ABC):
+    """Scores. Control: per-state reward r(s); a trajectory's or snippet's learned return is the sum
+    of r over its observations.
+
+    A RewardModel with capabilities.needs_preferences is trained by `fit`; the true-reward baseline is
+    not, and `uses_env_reward` tells optimizers to take the environment's own reward instead.
+    """
+
+    capabilities: ClassVar[Capabilities]
+    uses_env_reward: ClassVar[bool] = False
+
+    @abstractmethod
+    def fit(self, prefs: Preferences, run: RunContext) -> None:
+        """Learn from preferences over trajectories (pairs (i, j): item i preferred)."""
+
+    @abstractmethod
+    def reward(self, obs: np.ndarray) -> np.ndarray:
+        """obs (N, *obs_shape) -> learned reward (N,) float32, on the scale optimizers should use."""
+
+    def learned_return(self, traj: Trajectory) -> float:
+        """Sum of the learned reward over a trajectory's observations."""
+        return float(np.sum(self.reward(traj.obs)))
+
+    def state_dict(self) -> dict:
+        """What a checkpoint of this model holds (empty when nothing is learned)."""
+        return {}
+
+
+class PreferenceSource(ABC):
+    """Produces preferences: ranked demonstrations, learner checkpoints, noise injection, ..."""
+
+    capabilities: ClassVar[Capabilities]
+
+    @abstractmethod
+    def gather(self, env: Environment, run: RunContext) -> Preferences:
+        """Collect items (trajectories) and the preferences between them."""
+
+
+IterationCallback = Callable[[Policy, int, float], None]
+"""Called after each optimisation iteration with (policy, env steps so far, recent mean true return)."""
+
+
+class Optimizer(ABC):
+    """Improves a Policy against a reward: PPO, behavioral cloning, pretraining, ..."""
+
+    capabilities: ClassVar[Capabilities]
+
+    @abstractmethod
+    def fit(
+        self,
+        env: Environment,
+        reward: RewardModel,
+        run: RunContext,
+        demonstrations: list[Trajectory] | None = None,
+        callback: IterationCallback | None = None,
+    ) -> Policy:
+        """Train and return the final policy. `reward.uses_env_reward` selects the true reward."""
+
+
+class EnvReward(RewardModel):
+    """reward=true: the environment's own reward, the upper-bound baseline. Nothing is learned and
+    no preferences are gathered; optimizers read the reward the environment returns."""
+
+    capabilities = Capabilities(needs_preferences=False)
+    uses_env_reward = True
+
+    def fit(self, prefs: Preferences, run: RunContext) -> None:
+        raise RuntimeError("reward=true learns nothing; the pipeline never calls fit on it")
+
+    def reward(self, obs: np.ndarray) -> np.ndarray:
+        raise RuntimeError("reward=true has no model of the reward; use the environment's reward")

@@ -1,0 +1,133 @@
+"""The pipeline: demonstrations -> preferences -> reward -> policy -> evaluation.
+
+It names no concrete plugin: every part comes from the config's `_target_`s, and the capability
+check runs before any of them does work. Each finished stage writes its checkpoint at once, and the
+tracking run is closed (FAILED on an error) whatever happens, so nothing done is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from core.compat import check_compatible, plugin_class
+from core.demo_files import save_demos
+from core.evaluation import pearson, returns, rollout
+from core.interfaces import Environment, Optimizer, PreferenceSource, RewardModel
+from core.plots import learning_curve, reward_extrapolation
+from core.run import RunContext
+from core.tracking import Tracker
+
+log = logging.getLogger(__name__)
+GROUPS = ("env", "reward", "preference", "policy")
+
+
+def run_pipeline(cfg: DictConfig, choices: dict[str, str], output_dir: Path,
+                 sweep_dir: Path | None = None) -> dict[str, float]:
+    """Run every stage the config asks for; returns the final metrics.
+
+    choices: the option picked in each config group (for names and messages).
+    sweep_dir: the multirun's sweep folder, so the run attaches to the sweep's parent run.
+    """
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    torch.use_deterministic_algorithms(True)
+    env: Environment = instantiate(cfg.env)
+    check_compatible(env, choices, {g: plugin_class(cfg[g]) for g in GROUPS if g != "env"})
+    reward: RewardModel = instantiate(cfg.reward)
+    optimizer: Optimizer = instantiate(cfg.policy)
+    uses_source = reward.capabilities.needs_preferences or optimizer.capabilities.needs_demonstrations
+    source: PreferenceSource | None = instantiate(cfg.preference) if uses_source else None
+
+    tracker: Tracker = instantiate(cfg.tracking)
+    name = "-".join(f"{choices[g]}" for g in GROUPS if g != "preference" or uses_source) + f"-s{cfg.seed}"
+    tracker.start(name, cfg, sweep_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    config_file = output_dir / "config.yaml"
+    OmegaConf.save(cfg, config_file, resolve=True)
+    tracker.log_artifact(config_file)
+    run = RunContext(seed=int(cfg.seed), output_dir=output_dir, tracker=tracker, progress=cfg.progress)
+    try:
+        metrics = _stages(cfg, env, reward, optimizer, source, run, name)
+    except BaseException:
+        tracker.end(failed=True)
+        raise
+    tracker.end()
+    return metrics
+
+
+def _stages(cfg: DictConfig, env: Environment, reward: RewardModel, optimizer: Optimizer,
+            source: PreferenceSource | None, run: RunContext, name: str) -> dict[str, float]:
+    out, ckpt = run.output_dir, run.output_dir / "checkpoints"
+    metrics: dict[str, float] = {}
+    prefs = None
+    if source is not None:
+        log.info("stage 1/4: demonstrations and preferences (%s)", type(source).__name__)
+        prefs = source.gather(env, run)
+        demo_returns = returns(prefs.items)
+        metrics["demos/best_true_return"] = float(np.max(demo_returns))
+        metrics["demos/mean_true_return"] = float(np.mean(demo_returns))
+        metrics["demos/count"] = len(prefs.items)
+        metrics["preference/pairs"] = len(prefs.pairs)
+        run.log(metrics, 0)
+        save_demos(ckpt / "demos.npz", prefs.items, prefs.scores)
+        run.tracker.log_artifact(ckpt / "demos.npz", "checkpoints")
+        log.info("%d demonstrations, true returns %.1f .. %.1f", len(prefs.items), demo_returns.min(),
+                 demo_returns.max())
+
+    if reward.capabilities.needs_preferences:
+        assert prefs is not None
+        log.info("stage 2/4: learning the reward (%s)", type(reward).__name__)
+        reward.fit(prefs, run)
+        torch.save(reward.state_dict(), ckpt / "reward.pt")
+        run.tracker.log_artifact(ckpt / "reward.pt", "checkpoints")
+
+    log.info("stage 3/4: optimising the policy (%s)", type(optimizer).__name__)
+    demos = prefs.items if (prefs is not None and optimizer.capabilities.needs_demonstrations) else None
+    policy = optimizer.fit(env, reward, run, demonstrations=demos)
+    if isinstance(policy, torch.nn.Module):
+        torch.save(policy.state_dict(), ckpt / "policy.pt")
+        run.tracker.log_artifact(ckpt / "policy.pt", "checkpoints")
+
+    log.info("stage 4/4: evaluating %d episodes on the true reward", cfg.evaluation.episodes)
+    trajs = rollout(policy, env, cfg.evaluation.episodes, seed=int(cfg.seed) + 10_000,
+                    deterministic=cfg.evaluation.deterministic, desc="evaluation")
+    eval_returns = returns(trajs)
+    final = {"eval/true_return_mean": float(eval_returns.mean()), "eval/true_return_std": float(eval_returns.std())}
+    if prefs is not None:
+        final["eval/beats_best_demo"] = float(final["eval/true_return_mean"] > metrics["demos/best_true_return"])
+    best_demo = metrics.get("demos/best_true_return")
+    if prefs is not None and not reward.uses_env_reward:
+        demo_learned, eval_learned = returns(prefs.items, reward), returns(trajs, reward)
+        final["eval/return_correlation"] = pearson(np.concatenate([returns(prefs.items), eval_returns]),
+                                                   np.concatenate([demo_learned, eval_learned]))
+        reward_extrapolation(out / "plots" / "reward_extrapolation.png", returns(prefs.items), demo_learned,
+                             eval_returns, eval_learned, name)
+    steps = run.tracker.history["train/true_return"][-1][0] if run.tracker.history.get("train/true_return") else 0
+    run.log(final, steps)
+    learning_curve(out / "plots" / "learning_curve.png", run.tracker.history, best_demo,
+                   final["eval/true_return_mean"], name)
+    run.tracker.log_artifact(out / "plots", "plots")
+    metrics.update(final)
+    for key in ("reward/val_pair_accuracy", "reward/return_correlation"):
+        if run.tracker.last(key) is not None:
+            metrics[key] = run.tracker.last(key)  # type: ignore[assignment]
+    summary = "  ".join(f"{k}={v:.3g}" for k, v in metrics.items())
+    log.info("done: %s", summary)
+    print(f"\n{name}: {summary}\noutputs: {out}")
+    return metrics
+
+
+def hydra_context() -> tuple[dict[str, str], Path, Path | None]:
+    """Group choices, this job's output folder and (in a multirun) the sweep folder."""
+    hc = HydraConfig.get()
+    choices = {g: str(hc.runtime.choices.get(g)) for g in GROUPS}
+    sweep = Path(hc.sweep.dir) if hc.mode == RunMode.MULTIRUN else None
+    return choices, Path(hc.runtime.output_dir), sweep

@@ -1,0 +1,161 @@
+"""Experiment tracking: MLflow (default) or nothing, behind one small interface.
+
+Every tracker keeps an in-memory history of the metrics it was given, so plots can be drawn whether
+or not a backend records them. A Hydra multirun is one parent MLflow run with a child run per job:
+`SweepCallback` creates the parent when the sweep starts and writes its id into the sweep directory,
+and each job's tracker attaches its run to it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+PARENT_RUN_FILE = ".mlflow_parent_run_id"
+
+
+class Tracker:
+    """Records metrics, params and artifacts of one run. This base class records history only."""
+
+    def __init__(self) -> None:
+        self.history: dict[str, list[tuple[int, float]]] = defaultdict(list)
+
+    def start(self, run_name: str, config: DictConfig, sweep_dir: Path | None = None) -> None:
+        """Begin a run; `sweep_dir` is the Hydra sweep directory of a multirun job, else None."""
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        for key, value in metrics.items():
+            self.history[key].append((step, float(value)))
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        """Store a file (or every file below a folder) with the run."""
+
+    def end(self, failed: bool = False) -> None:
+        """Close the run, marking it FAILED if `failed`."""
+
+    def start_sweep(self, name: str, sweep_dir: Path) -> None:
+        """Begin the parent run of a multirun (called once, before its jobs)."""
+
+    def end_sweep(self, sweep_dir: Path) -> None:
+        """Close the parent run of a multirun."""
+
+    def last(self, key: str) -> float | None:
+        """The most recently logged value of a metric, or None."""
+        return self.history[key][-1][1] if self.history.get(key) else None
+
+
+class NullTracker(Tracker):
+    """tracking=none: keeps the in-memory history (for plots and the summary), records nothing."""
+
+
+def flatten(config: DictConfig) -> dict[str, Any]:
+    """Resolved config -> {"a.b.c": value}, the form MLflow params take."""
+    out: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict) and node:
+            for key, value in node.items():
+                walk(value, f"{prefix}{key}.")
+        else:
+            out[prefix[:-1]] = node
+
+    walk(OmegaConf.to_container(config, resolve=True), "")
+    return out
+
+
+class MlflowTracker(Tracker):
+    """Logs to MLflow at `uri` (sqlite by default) under `experiment_name`."""
+
+    def __init__(self, uri: str, experiment_name: str) -> None:
+        super().__init__()
+        self.uri = uri
+        self.experiment_name = experiment_name
+        self.run_id: str | None = None
+        self._client: Any = None
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            # Imported lazily: mlflow is slow to import and tracking=none should not pay for it.
+            from mlflow.tracking import MlflowClient
+
+            self._client = MlflowClient(tracking_uri=self.uri)
+        return self._client
+
+    def _experiment_id(self) -> str:
+        exp = self.client.get_experiment_by_name(self.experiment_name)
+        return exp.experiment_id if exp else self.client.create_experiment(self.experiment_name)
+
+    def start(self, run_name: str, config: DictConfig, sweep_dir: Path | None = None) -> None:
+        tags = {"mlflow.runName": run_name}
+        parent_file = sweep_dir / PARENT_RUN_FILE if sweep_dir else None
+        if parent_file and parent_file.exists():
+            tags["mlflow.parentRunId"] = parent_file.read_text().strip()
+        run = self.client.create_run(self._experiment_id(), run_name=run_name, tags=tags)
+        self.run_id = run.info.run_id
+        from mlflow.entities import Param
+
+        params = [Param(k, str(v)[:6000]) for k, v in flatten(config).items()]
+        for i in range(0, len(params), 100):
+            self.client.log_batch(self.run_id, params=params[i : i + 100])
+        log.info("MLflow run %s (%s) at %s", run_name, self.run_id, self.uri)
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        super().log_metrics(metrics, step)
+        if self.run_id is None:
+            return
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if math.isfinite(float(v))]
+        if batch:
+            self.client.log_batch(self.run_id, metrics=batch)
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        if self.run_id is None:
+            return
+        if Path(path).is_dir():
+            self.client.log_artifacts(self.run_id, str(path), artifact_path)
+        else:
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def end(self, failed: bool = False) -> None:
+        if self.run_id is not None:
+            self.client.set_terminated(self.run_id, "FAILED" if failed else "FINISHED")
+            self.run_id = None
+
+    def start_sweep(self, name: str, sweep_dir: Path) -> None:
+        run = self.client.create_run(self._experiment_id(), run_name=name)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        (sweep_dir / PARENT_RUN_FILE).write_text(run.info.run_id)
+        log.info("MLflow parent run %s (%s)", name, run.info.run_id)
+
+    def end_sweep(self, sweep_dir: Path) -> None:
+        parent_file = sweep_dir / PARENT_RUN_FILE
+        if parent_file.exists():
+            self.client.set_terminated(parent_file.read_text().strip(), "FINISHED")
+
+
+class SweepCallback(Callback):
+    """Hydra callback: one parent run per multirun, created before the jobs and closed after."""
+
+    def _tracker(self, config: DictConfig) -> Tracker:
+        from hydra.utils import instantiate
+
+        return instantiate(config.tracking)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        self._tracker(config).start_sweep(f"sweep {sweep_dir.name}", sweep_dir)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        self._tracker(config).end_sweep(Path(config.hydra.sweep.dir))

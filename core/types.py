@@ -1,0 +1,86 @@
+"""Data types shared by every stage: trajectories, snippets, preferences.
+
+Shapes use T for time steps, N for items and P for preference pairs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from itertools import combinations
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class Trajectory:
+    """One episode (or a prefix of one) of a control environment.
+
+    obs:     (T, *obs_shape) float32, the observation at which each action was taken.
+    actions: (T, *action_shape), the actions taken.
+    rewards: (T,) float32, the environment's true reward for each step.
+    info:    where the trajectory came from (e.g. {"checkpoint_steps": 20480}).
+    """
+
+    obs: np.ndarray
+    actions: np.ndarray
+    rewards: np.ndarray
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not len(self.obs) == len(self.actions) == len(self.rewards):
+            raise ValueError(
+                f"Trajectory arrays disagree in length: obs {len(self.obs)}, "
+                f"actions {len(self.actions)}, rewards {len(self.rewards)}"
+            )
+
+    def __len__(self) -> int:
+        return len(self.rewards)
+
+    @property
+    def true_return(self) -> float:
+        """Undiscounted sum of the true rewards."""
+        return float(np.sum(self.rewards))
+
+
+@dataclass(frozen=True)
+class Snippet:
+    """A contiguous piece of trajectory `traj`: steps [start, start + length)."""
+
+    traj: int
+    start: int
+    length: int
+
+
+@dataclass
+class Preferences:
+    """Items and which of them are preferred to which.
+
+    items: N trajectories (control) or responses (text).
+    pairs: (P, 2) int64; row (i, j) says item i is preferred over item j.
+    scores: (N,) float or None; the score a ranking was made from (true return, negative noise
+            level, ...), higher is better. Kept for plots and correlations; learners use `pairs`.
+    """
+
+    items: list[Trajectory]
+    pairs: np.ndarray
+    scores: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        self.pairs = np.asarray(self.pairs, dtype=np.int64).reshape(-1, 2)
+        bad = (self.pairs < 0) | (self.pairs >= len(self.items))
+        if bad.any():
+            raise ValueError(f"preference pair indices out of range for {len(self.items)} items")
+
+    @classmethod
+    def from_ranking(cls, items: list[Trajectory], scores: np.ndarray) -> Preferences:
+        """All N choose 2 pairs of a ranking by `scores` (higher is better); ties give no pair."""
+        scores = np.asarray(scores, dtype=np.float64)
+        if len(scores) != len(items):
+            raise ValueError(f"{len(scores)} scores for {len(items)} items")
+        pairs = [
+            (i, j) if scores[i] > scores[j] else (j, i)
+            for i, j in combinations(range(len(items)), 2)
+            if scores[i] != scores[j]
+        ]
+        return cls(items=items, pairs=np.array(pairs, dtype=np.int64).reshape(-1, 2), scores=scores)

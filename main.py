@@ -1,0 +1,21 @@
+"""rexlab entry point: `python main.py reward=trex policy=ppo env=cartpole` (see README.md)."""
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from core.cli import quote_bool_choices
+from core.pipeline import hydra_context, run_pipeline
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> float:
+    choices, output_dir, sweep_dir = hydra_context()
+    metrics = run_pipeline(cfg, choices, output_dir, sweep_dir)
+    return metrics["eval/true_return_mean"]
+
+
+if __name__ == "__main__":
+    sys.argv = [sys.argv[0], *quote_bool_choices(sys.argv[1:])]
+    main()

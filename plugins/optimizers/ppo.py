@@ -1,0 +1,286 @@
+"""Proximal Policy Optimization (Schulman et al. 2017, arXiv:1707.06347) for control.
+
+Reads top to bottom: hyperparameters, the loss as plain functions (GAE, clipped surrogate, clipped
+value loss; reused by the text PPO), the LightningModule that alternates vectorised rollouts with
+minibatch epochs, and the Optimizer that runs it. Implementation details follow "The 37
+Implementation Details of PPO" (Huang et al. 2022): orthogonal init, Adam eps 1e-5, linear
+learning-rate annealing, advantage normalisation per minibatch, clipped value loss, global gradient
+clipping, truncation bootstrapping, running reward scaling by the discounted return's std.
+Per-environment tuned settings (rl-baselines3-zoo) live in conf/ppo/<env>.yaml.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import lightning as L
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader
+
+from core.interfaces import Capabilities, Environment, IterationCallback, Optimizer, Policy, RewardModel
+from core.run import RunContext
+from core.types import Trajectory
+from plugins.policies.mlp import ActorCritic
+
+
+@dataclass
+class PPOHparams:
+    """PPO settings; every field is documented in conf/ppo/cartpole.yaml."""
+
+    total_timesteps: int = 100_000
+    num_envs: int = 8
+    num_steps: int = 128
+    learning_rate: float = 2.5e-4
+    anneal_lr: bool = True
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    num_minibatches: int = 4
+    update_epochs: int = 4
+    norm_adv: bool = True
+    clip_coef: float = 0.2
+    clip_vloss: bool = True
+    ent_coef: float = 0.01
+    vf_coef: float = 0.5
+    max_grad_norm: float = 0.5
+    target_kl: float | None = None
+    normalize_obs: bool = False
+    normalize_reward: bool = True
+    hidden_sizes: list[int] = field(default_factory=lambda: [64, 64])
+    activation: str = "tanh"
+
+
+# ---------------------------------------------------------------- the math, as plain functions
+def gae(rewards: torch.Tensor, values: torch.Tensor, dones: torch.Tensor, last_value: torch.Tensor,
+        gamma: float, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation (Schulman et al. 2016).
+
+    rewards, values, dones: (T, N); dones[t] = the episode ended at step t (no bootstrap past it).
+    last_value: (N,) value of the observation after step T-1. Returns (advantages, returns), (T, N).
+    """
+    advantages = torch.zeros_like(rewards)
+    last_gae = torch.zeros_like(last_value)
+    for t in reversed(range(rewards.shape[0])):
+        next_value = last_value if t == rewards.shape[0] - 1 else values[t + 1]
+        not_done = 1.0 - dones[t]
+        delta = rewards[t] + gamma * next_value * not_done - values[t]
+        last_gae = delta + gamma * lam * not_done * last_gae
+        advantages[t] = last_gae
+    return advantages, advantages + values
+
+
+def clipped_policy_loss(logprob: torch.Tensor, old_logprob: torch.Tensor, advantages: torch.Tensor,
+                        clip_coef: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """PPO's clipped surrogate objective (to minimise), with approx KL and clip fraction.
+
+    All tensors (B,). The KL estimate is ((ratio - 1) - log ratio).mean() (Schulman's k3).
+    """
+    log_ratio = logprob - old_logprob
+    ratio = log_ratio.exp()
+    loss = torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - clip_coef, 1 + clip_coef)).mean()
+    with torch.no_grad():
+        stats = {"approx_kl": ((ratio - 1) - log_ratio).mean(),
+                 "clipfrac": ((ratio - 1.0).abs() > clip_coef).float().mean()}
+    return loss, stats
+
+
+def value_loss(value: torch.Tensor, old_value: torch.Tensor, returns: torch.Tensor,
+               clip_coef: float | None) -> torch.Tensor:
+    """0.5 * squared error to the returns; with clip_coef, the pessimistic clipped variant."""
+    unclipped = (value - returns) ** 2
+    if clip_coef is None:
+        return 0.5 * unclipped.mean()
+    clipped = (old_value + (value - old_value).clamp(-clip_coef, clip_coef) - returns) ** 2
+    return 0.5 * torch.max(unclipped, clipped).mean()
+
+
+class ReturnScaler:
+    """Scales rewards by the running std of the discounted return (gymnasium's NormalizeReward)."""
+
+    def __init__(self, num_envs: int, gamma: float) -> None:
+        self.gamma, self.ret = gamma, np.zeros(num_envs)
+        self.mean, self.var, self.count = 0.0, 1.0, 1e-4
+
+    def __call__(self, rewards: np.ndarray, dones: np.ndarray) -> np.ndarray:
+        """rewards, dones (T, N) in time order -> scaled rewards (T, N)."""
+        for t in range(rewards.shape[0]):
+            self.ret = self.ret * self.gamma + rewards[t]
+            batch_mean, batch_var, n = self.ret.mean(), self.ret.var(), len(self.ret)
+            delta, total = batch_mean - self.mean, self.count + n
+            self.mean += delta * n / total
+            self.var = (self.var * self.count + batch_var * n + delta**2 * self.count * n / total) / total
+            self.count = total
+            self.ret = np.where(dones[t], 0.0, self.ret)
+        return (rewards / np.sqrt(self.var + 1e-8)).astype(np.float32)
+
+
+# ---------------------------------------------------------------- the Lightning module
+class PPOModule(L.LightningModule):
+    """One training step = one minibatch update. Every `updates_per_iteration` steps it first
+    collects a fresh rollout of num_steps x num_envs transitions with the current policy."""
+
+    def __init__(self, policy: ActorCritic, hp: PPOHparams, env: Environment, reward: RewardModel,
+                 run: RunContext, callback: IterationCallback | None) -> None:
+        super().__init__()
+        self.policy, self.hp, self.env, self.reward_model, self.run = policy, hp, env, reward, run
+        self.callback = callback
+        self.batch_size = hp.num_envs * hp.num_steps
+        self.minibatch_size = self.batch_size // hp.num_minibatches
+        self.num_iterations = max(1, hp.total_timesteps // self.batch_size)
+        self.updates_per_iteration = hp.update_epochs * hp.num_minibatches
+        self.envs = env.make_vec(hp.num_envs)
+        self.next_obs, _ = self.envs.reset(seed=run.seed)
+        self.scaler = ReturnScaler(hp.num_envs, hp.gamma) if hp.normalize_reward else None
+        self.env_steps = 0
+        self.ep_true = np.zeros(hp.num_envs)
+        self.ep_learned = np.zeros(hp.num_envs)
+        self.ep_len = np.zeros(hp.num_envs, dtype=np.int64)
+        self.finished: list[tuple[float, float, int]] = []
+        self.update_stats: dict[str, float] = {}
+        self.skip_rest = False
+        self.start_time = time.time()
+
+    def train_dataloader(self) -> DataLoader:
+        steps = self.num_iterations * self.updates_per_iteration
+        return DataLoader(range(steps), batch_size=None)  # step indices; data comes from rollouts
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.policy.parameters(), lr=self.hp.learning_rate, eps=1e-5)
+
+    @torch.no_grad()
+    def collect(self, iteration: int) -> None:
+        """Roll out the current policy, compute advantages, fix this iteration's minibatches."""
+        hp, policy, T, N = self.hp, self.policy, self.hp.num_steps, self.hp.num_envs
+        if hp.anneal_lr:
+            for group in self.optimizers().optimizer.param_groups:
+                group["lr"] = (1.0 - iteration / self.num_iterations) * hp.learning_rate
+        raw_obs = np.zeros((T, N, *self.env.observation_space.shape), dtype=np.float32)
+        obs = torch.zeros((T, N, int(np.prod(self.env.observation_space.shape))))
+        actions, logprobs, values = [], torch.zeros(T, N), torch.zeros(T, N)
+        true_rewards, dones = np.zeros((T, N), dtype=np.float32), np.zeros((T, N), dtype=bool)
+        bootstrap = torch.zeros(T, N)  # value of the final observation of truncated episodes
+        t0 = time.time()
+        for t in range(T):
+            raw_obs[t] = self.next_obs
+            x = policy.normalize(self.next_obs, update=True)
+            dist = policy.distribution(x)
+            action = dist.sample()
+            obs[t] = x
+            actions.append(action)
+            logprobs[t], values[t] = dist.log_prob(action), policy.value(x)
+            self.next_obs, reward, terminated, truncated, infos = self.envs.step(policy.to_env_action(action))
+            true_rewards[t], dones[t] = reward, terminated | truncated
+            if truncated.any():
+                final = np.stack([infos["final_obs"][i] for i in np.flatnonzero(truncated)])
+                bootstrap[t, torch.as_tensor(truncated)] = policy.value(policy.normalize(final))
+        self.env_steps += T * N
+        learned = None if self.reward_model.uses_env_reward else (
+            self.reward_model.reward(raw_obs.reshape(T * N, *raw_obs.shape[2:])).reshape(T, N))
+        self._track_episodes(true_rewards, learned, dones)
+        rewards = true_rewards if learned is None else learned
+        if self.scaler is not None:
+            rewards = self.scaler(rewards, dones)
+        rewards_t = torch.as_tensor(rewards) + hp.gamma * bootstrap
+        last_value = policy.value(policy.normalize(self.next_obs))
+        adv, ret = gae(rewards_t, values, torch.as_tensor(dones, dtype=torch.float32), last_value,
+                       hp.gamma, hp.gae_lambda)
+        self.buffer = {"obs": obs.reshape(T * N, -1), "actions": torch.stack(actions).reshape(T * N, *actions[0].shape[1:]),
+                       "logprobs": logprobs.reshape(-1), "values": values.reshape(-1),
+                       "advantages": adv.reshape(-1), "returns": ret.reshape(-1)}
+        sps = T * N / max(time.time() - t0, 1e-9)
+        self._log_iteration(sps)
+
+    def _track_episodes(self, true_rewards: np.ndarray, learned: np.ndarray | None, dones: np.ndarray) -> None:
+        for t in range(true_rewards.shape[0]):
+            self.ep_true += true_rewards[t]
+            self.ep_learned += 0.0 if learned is None else learned[t]
+            self.ep_len += 1
+            for i in np.flatnonzero(dones[t]):
+                self.finished.append((self.ep_true[i], self.ep_learned[i], int(self.ep_len[i])))
+                self.ep_true[i] = self.ep_learned[i] = self.ep_len[i] = 0
+
+    def _log_iteration(self, sps: float) -> None:
+        metrics = {f"train/{k}": v for k, v in self.update_stats.items()}
+        metrics["train/sps"] = self.env_steps / max(time.time() - self.start_time, 1e-9)
+        metrics["train/rollout_sps"] = sps
+        recent = self.finished[-20:]
+        self.recent_return = float(np.mean([r[0] for r in recent])) if recent else float("nan")
+        if self.finished:
+            metrics["train/true_return"] = self.recent_return
+            metrics["train/episode_length"] = float(np.mean([r[2] for r in recent]))
+            if not self.reward_model.uses_env_reward:
+                metrics["train/learned_return"] = float(np.mean([r[1] for r in recent]))
+        self.run.log(metrics, self.env_steps)
+        if self.finished:
+            self.log("return", self.recent_return, prog_bar=True, logger=False)
+        self.finished = self.finished[-20:]
+
+    def training_step(self, step: int, batch_idx: int) -> torch.Tensor | None:
+        hp = self.hp
+        iteration, within = divmod(int(step), self.updates_per_iteration)
+        epoch, mb = divmod(within, hp.num_minibatches)
+        if within == 0:
+            self.collect(iteration)
+            self.skip_rest = False
+            if self.callback is not None and self.callback(self.policy, self.env_steps, self.recent_return):
+                self.trainer.should_stop = True
+                return None
+        if mb == 0:
+            self.order = torch.randperm(self.batch_size)
+        if self.skip_rest:
+            return None
+        idx = self.order[mb * self.minibatch_size : (mb + 1) * self.minibatch_size]
+        b = {k: v[idx] for k, v in self.buffer.items()}
+        dist = self.policy.distribution(b["obs"])
+        logprob, entropy = dist.log_prob(b["actions"]), dist.entropy().mean()
+        adv = b["advantages"]
+        if hp.norm_adv and len(adv) > 1:
+            adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+        pg_loss, stats = clipped_policy_loss(logprob, b["logprobs"], adv, hp.clip_coef)
+        v_loss = value_loss(self.policy.value(b["obs"]), b["values"], b["returns"],
+                            hp.clip_coef if hp.clip_vloss else None)
+        loss = pg_loss - hp.ent_coef * entropy + hp.vf_coef * v_loss
+        if hp.target_kl is not None and stats["approx_kl"] > hp.target_kl:
+            self.skip_rest = True
+        self.update_stats = {"policy_loss": pg_loss.item(), "value_loss": v_loss.item(),
+                             "entropy": entropy.item(), "approx_kl": stats["approx_kl"].item(),
+                             "clipfrac": stats["clipfrac"].item()}
+        return loss
+
+    def on_train_end(self) -> None:
+        self.envs.close()
+
+
+# ---------------------------------------------------------------- the Optimizer plugin
+class PPO(Optimizer):
+    """policy=ppo: PPO on the true reward (reward=true) or on a learned RewardModel.
+
+    hparams: PPOHparams fields (conf/ppo/<env>.yaml). total_timesteps: overrides hparams'.
+    """
+
+    capabilities = Capabilities(observations=frozenset({"vector"}),
+                                actions=frozenset({"discrete", "continuous"}))
+
+    def __init__(self, hparams: DictConfig | dict | PPOHparams, total_timesteps: int | None = None) -> None:
+        if not isinstance(hparams, PPOHparams):
+            hparams = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(PPOHparams), hparams))
+        self.hp: PPOHparams = hparams  # type: ignore[assignment]
+        if total_timesteps is not None:
+            self.hp.total_timesteps = int(total_timesteps)
+        if (self.hp.num_envs * self.hp.num_steps) % self.hp.num_minibatches:
+            raise ValueError(f"ppo: num_envs*num_steps ({self.hp.num_envs * self.hp.num_steps}) is not "
+                             f"divisible by num_minibatches ({self.hp.num_minibatches})")
+
+    def fit(self, env: Environment, reward: RewardModel, run: RunContext,
+            demonstrations: list[Trajectory] | None = None,
+            callback: IterationCallback | None = None) -> Policy:
+        policy = ActorCritic(env.observation_space, env.action_space, self.hp.hidden_sizes,
+                             self.hp.activation, self.hp.normalize_obs)
+        module = PPOModule(policy, self.hp, env, reward, run, callback)
+        steps = module.num_iterations * module.updates_per_iteration
+        run.trainer(max_steps=steps, gradient_clip_val=self.hp.max_grad_norm,
+                    log_every_n_steps=max(1, steps)).fit(module)
+        policy.eval()
+        return policy

@@ -1,0 +1,115 @@
+"""MLP building blocks: an actor-critic policy for vector observations and a plain MLP.
+
+Other plugins import these by their public names (`ActorCritic`, `mlp`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+from torch.distributions import Categorical, Distribution, Independent, Normal
+
+from core.interfaces import Policy
+
+ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "leaky_relu": nn.LeakyReLU}
+
+
+def mlp(sizes: Sequence[int], activation: str = "tanh", out_gain: float = 1.0) -> nn.Sequential:
+    """Linear layers of the given sizes with `activation` between them; orthogonal init (gain sqrt 2
+    for hidden layers, `out_gain` for the last), zero biases, as in the PPO implementation details."""
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation {activation!r} is not one of {sorted(ACTIVATIONS)}")
+    layers: list[nn.Module] = []
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        last = i == len(sizes) - 2
+        layer = nn.Linear(n_in, n_out)
+        nn.init.orthogonal_(layer.weight, out_gain if last else np.sqrt(2))
+        nn.init.zeros_(layer.bias)
+        layers.append(layer)
+        if not last:
+            layers.append(ACTIVATIONS[activation]())
+    return nn.Sequential(*layers)
+
+
+class RunningMeanStd(nn.Module):
+    """Running mean and variance of a stream of batches (parallel-variance update); saved with the
+    module's state_dict so a checkpoint restores its normalisation."""
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(shape, dtype=torch.float64))
+        self.register_buffer("var", torch.ones(shape, dtype=torch.float64))
+        self.register_buffer("count", torch.tensor(1e-4, dtype=torch.float64))
+
+    def update(self, x: torch.Tensor) -> None:
+        x = x.to(torch.float64).reshape(-1, *self.mean.shape)
+        batch_mean, batch_var, n = x.mean(0), x.var(0, unbiased=False), x.shape[0]
+        delta, total = batch_mean - self.mean, self.count + n
+        self.mean += delta * n / total
+        self.var = (self.var * self.count + batch_var * n + delta**2 * self.count * n / total) / total
+        self.count = total
+
+
+class ActorCritic(nn.Module, Policy):
+    """Separate actor and critic MLPs over (optionally normalised) vector observations.
+
+    Discrete actions: Categorical over logits (N, A). Continuous: diagonal Gaussian with a
+    state-independent log std, actions (N, A) clipped to the space's bounds when acting.
+    obs (N, D) -> distribution over actions, value (N,).
+    """
+
+    def __init__(self, observation_space: gym.Space, action_space: gym.Space,
+                 hidden_sizes: Sequence[int] = (64, 64), activation: str = "tanh",
+                 normalize_obs: bool = False) -> None:
+        super().__init__()
+        obs_dim = int(np.prod(observation_space.shape))
+        self.discrete = isinstance(action_space, gym.spaces.Discrete)
+        n_out = int(action_space.n) if self.discrete else int(np.prod(action_space.shape))
+        hidden = list(hidden_sizes)
+        self.actor = mlp([obs_dim, *hidden, n_out], activation, out_gain=0.01)
+        self.critic = mlp([obs_dim, *hidden, 1], activation, out_gain=1.0)
+        if not self.discrete:
+            self.log_std = nn.Parameter(torch.zeros(n_out))
+            self.register_buffer("low", torch.as_tensor(action_space.low, dtype=torch.float32))
+            self.register_buffer("high", torch.as_tensor(action_space.high, dtype=torch.float32))
+        self.obs_rms = RunningMeanStd((obs_dim,)) if normalize_obs else None
+
+    def normalize(self, obs: np.ndarray | torch.Tensor, update: bool = False) -> torch.Tensor:
+        """Raw observations -> the network's input (N, D), updating the running stats if asked."""
+        x = torch.as_tensor(np.asarray(obs), dtype=torch.float32).reshape(len(obs), -1)
+        if self.obs_rms is None:
+            return x
+        if update:
+            self.obs_rms.update(x)
+        z = (x - self.obs_rms.mean.float()) / torch.sqrt(self.obs_rms.var.float() + 1e-8)
+        return z.clamp(-10.0, 10.0)
+
+    def distribution(self, x: torch.Tensor) -> Distribution:
+        """Action distribution for normalised observations x (N, D)."""
+        out = self.actor(x)
+        if self.discrete:
+            return Categorical(logits=out)
+        return Independent(Normal(out, self.log_std.exp().expand_as(out)), 1)
+
+    def value(self, x: torch.Tensor) -> torch.Tensor:
+        """State value (N,) for normalised observations x (N, D)."""
+        return self.critic(x).squeeze(-1)
+
+    def to_env_action(self, action: torch.Tensor) -> np.ndarray:
+        """Policy output -> what env.step takes (continuous actions clipped to the bounds)."""
+        if self.discrete:
+            return action.cpu().numpy()
+        return torch.maximum(torch.minimum(action, self.high), self.low).cpu().numpy()
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
+        dist = self.distribution(self.normalize(obs))
+        if deterministic:
+            action = dist.probs.argmax(-1) if self.discrete else dist.mean
+        else:
+            action = dist.sample()
+        return self.to_env_action(action)

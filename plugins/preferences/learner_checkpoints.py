@@ -1,0 +1,53 @@
+"""preference=learner_checkpoints: the T-REX setup. A learner (PPO on the true reward) trains and
+saves checkpoints; rollouts of those checkpoints are the demonstrations, ranked by true return.
+The learner stops at `stop_return` so that the demonstrations stay suboptimal."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+
+from core.evaluation import rollout
+from core.interfaces import Capabilities, EnvReward, Environment, Optimizer, Policy, PreferenceSource
+from core.run import RunContext
+from core.types import Preferences
+
+
+class LearnerCheckpoints(PreferenceSource):
+    """learner: the Optimizer that trains on the true reward (configured as PPO).
+    checkpoint_every: env steps between checkpoints. stop_return: stop the learner once its recent
+    mean true return reaches this (None: run its whole budget). episodes_per_checkpoint: demos per
+    checkpoint. deterministic: roll checkpoints out with their action mode instead of sampling."""
+
+    capabilities = Capabilities(observations=frozenset({"vector", "image"}), provides_demonstrations=True)
+
+    def __init__(self, learner: Optimizer, checkpoint_every: int, stop_return: float | None = None,
+                 episodes_per_checkpoint: int = 1, deterministic: bool = False) -> None:
+        self.learner, self.checkpoint_every, self.stop_return = learner, checkpoint_every, stop_return
+        self.episodes_per_checkpoint, self.deterministic = episodes_per_checkpoint, deterministic
+
+    def gather(self, env: Environment, run: RunContext) -> Preferences:
+        snapshots: list[tuple[int, Policy]] = []
+        folder = run.output_dir / "checkpoints" / "learner"
+        folder.mkdir(parents=True, exist_ok=True)
+
+        def on_iteration(policy: Policy, env_steps: int, recent_return: float) -> bool:
+            if env_steps >= (len(snapshots) + 1) * self.checkpoint_every:
+                snapshots.append((env_steps, copy.deepcopy(policy)))
+                torch.save(policy.state_dict(), folder / f"steps_{env_steps:08d}.pt")  # type: ignore[attr-defined]
+            return self.stop_return is not None and recent_return >= self.stop_return
+
+        self.learner.fit(env, EnvReward(), run.scoped(train="learner"), callback=on_iteration)
+        if not snapshots:
+            raise RuntimeError(f"preference: the learner stopped before its first checkpoint "
+                               f"(checkpoint_every={self.checkpoint_every} env steps); lower it")
+        trajs = []
+        for k, (steps, policy) in enumerate(snapshots):
+            for traj in rollout(policy, env, self.episodes_per_checkpoint, seed=run.seed + 1000 + k,
+                                deterministic=self.deterministic):
+                traj.info["checkpoint_steps"] = steps
+                trajs.append(traj)
+        returns = np.array([t.true_return for t in trajs])
+        return Preferences.from_ranking(trajs, returns)

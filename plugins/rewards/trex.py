@@ -1,0 +1,220 @@
+"""T-REX: Trajectory-ranked Reward EXtrapolation (Brown, Goo, Nagarajan, Niekum, ICML 2019,
+arXiv:1904.06387).
+
+A reward net r(s) over observations is trained so that, for a pair of snippets from two ranked
+trajectories, the snippet from the better one has the larger summed reward: the Bradley-Terry
+cross-entropy  -log( exp(R_i) / (exp(R_i) + exp(R_j)) ),  R = sum of r over the snippet.
+Snippet pairs are drawn at random with the progress prior: the snippet from the better trajectory
+starts no earlier than the one from the worse. Defaults are the paper's (Atari appendix): 6000
+snippet pairs of length 50-100, Adam with lr 5e-5, one pass with one pair per step; an ensemble
+whose members see different random pairs and whose standardised outputs are averaged.
+
+The loss fixes r only up to a positive scale and an offset per member. rexlab fixes both: each
+member is standardised over all demonstration states (mean 0, std 1) before averaging, so the
+policy optimizer sees a reward whose sign says better or worse than the demonstrations' average.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from core.evaluation import pearson
+from core.interfaces import Capabilities, RewardModel
+from core.run import RunContext
+from core.types import Preferences, Trajectory
+from plugins.policies.mlp import ACTIVATIONS
+
+
+class EnsembleMLP(nn.Module):
+    """M independent MLPs evaluated in one batched pass: x (M, ..., D) -> r (M, ...)."""
+
+    def __init__(self, members: int, sizes: Sequence[int], activation: str) -> None:
+        super().__init__()
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        for n_in, n_out in zip(sizes[:-1], sizes[1:], strict=True):
+            bound = 1.0 / math.sqrt(n_in)  # nn.Linear's default init, per member
+            self.weights.append(nn.Parameter(torch.empty(members, n_in, n_out).uniform_(-bound, bound)))
+            self.biases.append(nn.Parameter(torch.empty(members, 1, n_out).uniform_(-bound, bound)))
+        self.act = ACTIVATIONS[activation]()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        h = x.reshape(shape[0], -1, shape[-1])
+        for k, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
+            h = torch.baddbmm(b, h, w)
+            if k < len(self.weights) - 1:
+                h = self.act(h)
+        return h.reshape(shape[:-1])
+
+
+def sample_snippet_pairs(prefs: Preferences, n: int, min_len: int, max_len: int,
+                         rng: np.random.Generator) -> np.ndarray:
+    """n snippet pairs (n, 5): better traj, its start, worse traj, its start, length.
+
+    The length is drawn in [min_len, max_len] and clipped to both trajectories; the better
+    snippet starts no earlier than the worse one where the better trajectory is long enough.
+    """
+    if len(prefs.pairs) == 0:
+        raise ValueError("T-REX needs at least one preference pair; the ranking has none")
+    lengths = np.array([len(t) for t in prefs.items])
+    out = np.zeros((n, 5), dtype=np.int64)
+    for k in range(n):
+        i, j = prefs.pairs[rng.integers(len(prefs.pairs))]
+        length = min(int(rng.integers(min_len, max_len + 1)), lengths[i], lengths[j])
+        start_j = int(rng.integers(0, lengths[j] - length + 1))
+        start_i = int(rng.integers(min(start_j, lengths[i] - length), lengths[i] - length + 1))
+        out[k] = (i, start_i, j, start_j, length)
+    return out
+
+
+class SnippetPairs(Dataset):
+    """Item k: obs of both snippets of pair k for every member, padded to max_len, and a mask.
+
+    specs: (M, P, 5) from sample_snippet_pairs. Returns obs (M, 2, max_len, D), mask (M, 2, max_len).
+    """
+
+    def __init__(self, obs: list[torch.Tensor], specs: np.ndarray, max_len: int) -> None:
+        self.obs, self.specs, self.max_len = obs, specs, max_len
+
+    def __len__(self) -> int:
+        return self.specs.shape[1]
+
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        members = self.specs.shape[0]
+        dim = self.obs[0].shape[1:]
+        x = torch.zeros(members, 2, self.max_len, *dim)
+        mask = torch.zeros(members, 2, self.max_len)
+        for m in range(members):
+            i, si, j, sj, length = (int(v) for v in self.specs[m, k])
+            x[m, 0, :length] = self.obs[i][si : si + length]
+            x[m, 1, :length] = self.obs[j][sj : sj + length]
+            mask[m, :, :length] = 1.0
+        return x, mask
+
+
+def snippet_returns(net: nn.Module, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """x (B, M, 2, L, D), mask (B, M, 2, L) -> summed rewards (M, B, 2)."""
+    r = net(x.transpose(0, 1).flatten(2, 3).flatten(3)).reshape(mask.transpose(0, 1).shape)
+    return (r * mask.transpose(0, 1)).sum(-1)
+
+
+def ranking_loss(returns: torch.Tensor) -> torch.Tensor:
+    """Bradley-Terry cross-entropy with item 0 preferred: returns (..., 2) -> mean of
+    -log sigmoid(R_0 - R_1) over the batch, summed over leading member dims."""
+    losses = F.softplus(returns[..., 1] - returns[..., 0])
+    return losses.mean(-1).sum()
+
+
+class TREXModule(L.LightningModule):
+    """Trains all ensemble members at once; each member has its own snippet pairs."""
+
+    def __init__(self, net: EnsembleMLP, train: SnippetPairs, val: SnippetPairs, items: list[Trajectory],
+                 obs: list[torch.Tensor], lr: float, weight_decay: float, batch_size: int) -> None:
+        super().__init__()
+        self.net, self.train_set, self.val_set = net, train, val
+        self.items, self.obs = items, obs
+        self.lr, self.weight_decay, self.batch_size = lr, weight_decay, batch_size
+        self.val_correct: list[torch.Tensor] = []
+        self.val_losses: list[torch.Tensor] = []
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_set, batch_size=64)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = ranking_loss(snippet_returns(self.net, *batch))
+        self.log("reward/train_loss", loss / self.net.weights[0].shape[0], prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        returns = snippet_returns(self.net, *batch)
+        self.val_losses.append(F.softplus(returns[..., 1] - returns[..., 0]).mean(0))
+        self.val_correct.append(returns.mean(0).argmax(-1) == 0)  # ensemble vote on summed rewards
+
+    def on_validation_epoch_end(self) -> None:
+        accuracy = torch.cat(self.val_correct).float().mean()
+        self.log("reward/val_loss", torch.cat(self.val_losses).mean())
+        self.log("reward/val_pair_accuracy", accuracy, prog_bar=True)
+        self.val_correct.clear()
+        self.val_losses.clear()
+        true = np.array([t.true_return for t in self.items])
+        correlation = pearson(standardised_returns(self.net, self.obs), true)
+        if math.isfinite(correlation):
+            self.log("reward/return_correlation", correlation)
+
+
+@torch.no_grad()
+def standardise(net: EnsembleMLP, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-member mean and std (M, 1) of the reward over `states` (S, D)."""
+    r = net(states.expand(net.weights[0].shape[0], -1, -1))
+    return r.mean(1, keepdim=True), r.std(1, keepdim=True).clamp_min(1e-8)
+
+
+@torch.no_grad()
+def standardised_returns(net: EnsembleMLP, obs: list[torch.Tensor]) -> np.ndarray:
+    """Learned return of each trajectory (obs (T_k, D) each) under the ensemble's standardised
+    reward: standardising fixes the per-step offset, which would otherwise scale with length."""
+    mean, std = standardise(net, torch.cat(obs))
+    members = net.weights[0].shape[0]
+    return np.array([((net(o.expand(members, -1, -1)) - mean) / std).mean(0).sum().item() for o in obs])
+
+
+class TREX(RewardModel):
+    """reward=trex. Fields documented in conf/reward/trex.yaml."""
+
+    capabilities = Capabilities(observations=frozenset({"vector"}), needs_preferences=True)
+
+    def __init__(self, num_pairs: int = 6000, min_snippet_length: int = 50, max_snippet_length: int = 100,
+                 ensemble_size: int = 5, hidden_sizes: Sequence[int] = (256, 256), activation: str = "leaky_relu",
+                 lr: float = 5e-5, weight_decay: float = 0.0, batch_size: int = 1, epochs: int = 1,
+                 val_fraction: float = 0.1, val_checks_per_epoch: int = 4) -> None:
+        if not 1 <= min_snippet_length <= max_snippet_length:
+            raise ValueError(f"reward: need 1 <= min_snippet_length ({min_snippet_length}) <= "
+                             f"max_snippet_length ({max_snippet_length})")
+        self.num_pairs, self.min_len, self.max_len = num_pairs, min_snippet_length, max_snippet_length
+        self.ensemble_size, self.hidden_sizes, self.activation = ensemble_size, list(hidden_sizes), activation
+        self.lr, self.weight_decay, self.batch_size, self.epochs = lr, weight_decay, batch_size, epochs
+        self.val_fraction, self.val_checks = val_fraction, val_checks_per_epoch
+        self.net: EnsembleMLP | None = None
+
+    def fit(self, prefs: Preferences, run: RunContext) -> None:
+        obs = [torch.as_tensor(t.obs, dtype=torch.float32).reshape(len(t), -1) for t in prefs.items]
+        self.net = EnsembleMLP(self.ensemble_size, [obs[0].shape[1], *self.hidden_sizes, 1], self.activation)
+        rng = np.random.default_rng(run.seed)
+        n_val = max(1, int(round(self.num_pairs * self.val_fraction)))
+        specs = np.stack([sample_snippet_pairs(prefs, self.num_pairs + n_val, self.min_len, self.max_len, rng)
+                          for _ in range(self.ensemble_size)])
+        max_len = int(specs[..., 4].max())
+        train = SnippetPairs(obs, specs[:, :self.num_pairs], max_len)
+        val = SnippetPairs(obs, specs[:, self.num_pairs:], max_len)
+        module = TREXModule(self.net, train, val, prefs.items, obs, self.lr, self.weight_decay, self.batch_size)
+        steps_per_epoch = math.ceil(self.num_pairs / self.batch_size)
+        run.trainer(max_steps=steps_per_epoch * self.epochs, max_epochs=self.epochs,
+                    val_check_interval=max(1, steps_per_epoch // self.val_checks),
+                    log_every_n_steps=max(1, min(50, steps_per_epoch // 20)), num_sanity_val_steps=0).fit(module)
+        self.mean, self.std = standardise(self.net, torch.cat(obs))
+
+    @torch.no_grad()
+    def reward(self, obs: np.ndarray) -> np.ndarray:
+        if self.net is None:
+            raise RuntimeError("reward=trex: reward() called before fit()")
+        x = torch.as_tensor(np.asarray(obs), dtype=torch.float32).reshape(len(obs), -1)
+        r = (self.net(x.expand(self.ensemble_size, -1, -1)) - self.mean) / self.std
+        return r.mean(0).numpy()
+
+    def state_dict(self) -> dict:
+        return {} if self.net is None else {"net": self.net.state_dict(), "mean": self.mean, "std": self.std}

@@ -1,0 +1,36 @@
+"""Shared test helpers: compose the real Hydra config with overrides, as the CLI would."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, open_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from core.cli import quote_bool_choices  # noqa: E402
+from core.compat import CONF_DIR  # noqa: E402
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def compose_config(*overrides: str) -> DictConfig:
+    """The config `python main.py <overrides>` would run, with the Hydra node removed."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=quote_bool_choices(list(overrides)), return_hydra_config=False)
+    with open_dict(cfg):
+        cfg.pop("hydra", None)
+    return cfg
+
+
+@pytest.fixture
+def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Run the test inside an empty folder (mlflow.db, outputs/ land there)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return tmp_path

@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+from core.compat import IncompatibleError, check_compatible
+from core.interfaces import Capabilities, EnvReward, Environment
+from plugins.envs.gym import GymEnv
+from plugins.optimizers.ppo import PPO
+from plugins.preferences.learner_checkpoints import LearnerCheckpoints
+from plugins.rewards.trex import TREX
+
+
+class ImageEnv(Environment):
+    """An environment observing images, to meet plugins that only take vectors."""
+
+    name, observation_kind, action_kind = "pixels", "image", "discrete"
+
+    def make_vec(self, num_envs: int) -> gym.vector.VectorEnv:
+        raise AssertionError("the check must refuse before any environment is made")
+
+    @property
+    def observation_space(self) -> gym.Space:
+        return gym.spaces.Box(0, 255, (4, 84, 84), np.uint8)
+
+    @property
+    def action_space(self) -> gym.Space:
+        return gym.spaces.Discrete(4)
+
+
+CHOICES = {"env": "pixels", "reward": "trex", "preference": "learner_checkpoints", "policy": "ppo"}
+CLASSES = {"reward": TREX, "preference": LearnerCheckpoints, "policy": PPO}
+
+
+def test_compatible_combination_passes() -> None:
+    check_compatible(GymEnv("CartPole-v1", "cartpole"), {**CHOICES, "env": "cartpole"}, CLASSES)
+
+
+def test_incompatible_combination_names_both_parts() -> None:
+    with pytest.raises(IncompatibleError) as err:
+        check_compatible(ImageEnv(), CHOICES, CLASSES)
+    message = str(err.value)
+    assert "policy=ppo" in message and "env=pixels" in message and "image" in message
+    assert "try" in message
+
+
+def test_a_policy_needing_demonstrations_needs_a_source_that_has_them() -> None:
+    class Cloner(PPO):
+        capabilities = Capabilities(needs_demonstrations=True)
+
+    class Labeler(LearnerCheckpoints):
+        capabilities = Capabilities(provides_demonstrations=False)
+
+    with pytest.raises(IncompatibleError, match="learns from demonstrations.*preference=labeler"):
+        check_compatible(GymEnv("CartPole-v1", "cartpole"),
+                         {**CHOICES, "env": "cartpole", "policy": "cloner", "preference": "labeler"},
+                         {"reward": EnvReward, "preference": Labeler, "policy": Cloner})

@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from core.types import Preferences, Trajectory
+
+
+def traj(n: int, reward: float = 1.0) -> Trajectory:
+    return Trajectory(np.zeros((n, 3), np.float32), np.zeros(n), np.full(n, reward, np.float32))
+
+
+def test_a_ranking_of_n_items_gives_n_choose_2_pairs_better_first() -> None:
+    items = [traj(5, r) for r in (1.0, 3.0, 2.0, 0.5)]
+    prefs = Preferences.from_ranking(items, np.array([t.true_return for t in items]))
+    assert len(prefs.pairs) == 6
+    for i, j in prefs.pairs:
+        assert items[i].true_return > items[j].true_return
+
+
+def test_ties_give_no_pair() -> None:
+    prefs = Preferences.from_ranking([traj(2), traj(2), traj(3)], np.array([1.0, 1.0, 2.0]))
+    assert sorted(map(tuple, prefs.pairs)) == [(2, 0), (2, 1)]
+
+
+def test_mismatched_arrays_are_refused() -> None:
+    with pytest.raises(ValueError, match="disagree in length"):
+        Trajectory(np.zeros((3, 2)), np.zeros(2), np.zeros(3))
+    with pytest.raises(ValueError, match="out of range"):
+        Preferences([traj(2)], np.array([[0, 1]]))

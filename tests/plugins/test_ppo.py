@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+
+from core.evaluation import rollout
+from core.interfaces import EnvReward
+from core.run import RunContext
+from core.tracking import NullTracker
+from plugins.envs.gym import GymEnv
+from plugins.optimizers.ppo import PPO, ReturnScaler, clipped_policy_loss, gae, value_loss
+
+
+def test_gae_matches_a_hand_computation() -> None:
+    rewards = torch.tensor([[1.0], [2.0], [3.0]])
+    values = torch.tensor([[0.5], [0.4], [0.3]])
+    dones = torch.tensor([[0.0], [1.0], [0.0]])  # the episode ends after step 1
+    adv, ret = gae(rewards, values, dones, torch.tensor([0.2]), gamma=0.9, lam=0.5)
+    d2 = 3.0 + 0.9 * 0.2 - 0.3
+    d1 = 2.0 - 0.4  # no bootstrap past the end of the episode
+    d0 = 1.0 + 0.9 * 0.4 - 0.5
+    expected = torch.tensor([[d0 + 0.45 * d1], [d1], [d2]])
+    torch.testing.assert_close(adv, expected)
+    torch.testing.assert_close(ret, expected + values)
+
+
+def test_clipped_surrogate_stops_the_gradient_outside_the_clip_range() -> None:
+    old = torch.zeros(2)
+    new = torch.log(torch.tensor([1.5, 1.5])).requires_grad_()
+    loss, stats = clipped_policy_loss(new, old, torch.tensor([1.0, 1.0]), clip_coef=0.2)
+    loss.backward()
+    assert torch.allclose(new.grad, torch.zeros(2))  # ratio 1.5 > 1.2 with positive advantage: clipped
+    assert stats["clipfrac"] == 1.0
+    assert value_loss(torch.tensor([2.0]), torch.tensor([0.0]), torch.tensor([2.0]), 0.2) > 0
+
+
+def test_return_scaler_divides_by_the_discounted_returns_std() -> None:
+    scaler = ReturnScaler(num_envs=4, gamma=0.99)
+    rewards = np.full((200, 4), 10.0)
+    out = scaler(rewards, np.zeros((200, 4), bool))
+    assert out[-1, 0] < 1.0  # the std of a growing discounted sum of 10s is well above 10
+
+
+def test_ppo_learns_cartpole_from_the_true_reward(tmp_path: Path) -> None:
+    L.seed_everything(0)
+    env = GymEnv("CartPole-v1", "cartpole")
+    hp = {"num_envs": 8, "num_steps": 32, "learning_rate": 1e-3, "gamma": 0.98, "gae_lambda": 0.8,
+          "num_minibatches": 1, "update_epochs": 20, "ent_coef": 0.0, "normalize_reward": False}
+    untrained = np.mean([t.true_return for t in rollout(PPO(hp, 256).fit(
+        env, EnvReward(), RunContext(0, tmp_path, NullTracker(), progress=False)), env, 10, seed=1)])
+    tracker = NullTracker()
+    policy = PPO(hp, total_timesteps=30_000).fit(env, EnvReward(), RunContext(0, tmp_path, tracker, progress=False))
+    trained = np.mean([t.true_return for t in rollout(policy, env, 10, seed=1)])
+    assert untrained < 60
+    assert trained > 150, trained
+    assert tracker.history["train/true_return"][-1][1] > tracker.history["train/true_return"][0][1]
+
+
+def test_ppo_continuous_actions_update_the_gaussian_policy(tmp_path: Path) -> None:
+    L.seed_everything(0)
+    env = GymEnv("Pendulum-v1", "pendulum")
+    hp = {"num_envs": 2, "num_steps": 64, "num_minibatches": 2, "update_epochs": 2, "normalize_obs": True}
+    tracker = NullTracker()
+    policy = PPO(hp, total_timesteps=256).fit(env, EnvReward(), RunContext(0, tmp_path, tracker, progress=False))
+    actions = policy.act(np.zeros((3, 3), np.float32))
+    assert actions.shape == (3, 1) and np.all(np.abs(actions) <= 2.0)
+    assert not torch.allclose(policy.log_std, torch.zeros(1))  # the std was trained
+    assert policy.obs_rms.count > 200

@@ -1,0 +1,71 @@
+"""Every config option composes and instantiates; unknown options and bad keys are named."""
+
+from __future__ import annotations
+
+import pytest
+from hydra.errors import MissingConfigException
+from hydra.utils import instantiate
+
+from core.cli import quote_bool_choices
+from core.compat import CONF_DIR, options_of
+from core.interfaces import Environment, Optimizer, PreferenceSource, RewardModel
+from core.tracking import Tracker
+from tests.conftest import compose_config
+
+KINDS = {"env": Environment, "reward": RewardModel, "preference": PreferenceSource, "policy": Optimizer,
+         "tracking": Tracker}
+
+
+def all_options() -> list[tuple[str, str]]:
+    return [(group, path.stem) for group in KINDS for path in sorted((CONF_DIR / group).glob("*.yaml"))]
+
+
+@pytest.mark.parametrize(("group", "option"), all_options())
+@pytest.mark.parametrize("experiment", [None, "debug"])
+def test_every_option_composes_and_instantiates(group: str, option: str, experiment: str | None,
+                                                tmp_path) -> None:
+    overrides = [f"{group}={option}"] + ([f"experiment={experiment}"] if experiment else [])
+    if group == "preference" and option == "ranked_demos":
+        overrides.append(f"preference.path={tmp_path / 'demos.npz'}")
+    cfg = compose_config(*overrides)
+    obj = instantiate(cfg[group])
+    assert isinstance(obj, KINDS[group])
+
+
+def test_every_group_has_the_options_design_names() -> None:
+    for group, names in {"env": {"cartpole", "pendulum", "mountaincar"}, "reward": {"true", "trex"},
+                         "preference": {"learner_checkpoints", "ranked_demos"}, "policy": {"ppo"},
+                         "tracking": {"mlflow", "none"}}.items():
+        assert names <= set(options_of(group)), group
+
+
+def test_debug_shrinks_budgets_only_where_the_option_has_them() -> None:
+    full, debug = compose_config(), compose_config("experiment=debug")
+    assert debug.policy.total_timesteps < full.policy.total_timesteps
+    assert debug.reward.num_pairs < full.reward.num_pairs
+    assert "num_pairs" not in compose_config("experiment=debug", "reward=true").reward
+
+
+def test_env_tuned_ppo_settings_follow_the_env() -> None:
+    assert compose_config("env=pendulum").policy.hparams.gamma == 0.9
+    assert compose_config("env=cartpole").policy.hparams.gamma == 0.98
+    assert compose_config("ppo.gamma=0.5").preference.learner.hparams.gamma == 0.5
+
+
+def test_unknown_option_names_the_available_ones() -> None:
+    with pytest.raises(MissingConfigException) as err:
+        compose_config("reward=nope")
+    assert "reward/nope" in str(err.value)
+    assert "trex" in str(err.value) and "true" in str(err.value)
+
+
+def test_true_and_false_are_quoted_only_as_group_choices() -> None:
+    assert quote_bool_choices(["reward=true", "reward=trex,true", "progress=false", "seed=1"]) == [
+        "reward='true'", "reward=trex,'true'", "progress=false", "seed=1"]
+
+
+def test_a_misspelt_ppo_field_is_named() -> None:
+    from plugins.optimizers.ppo import PPO
+
+    with pytest.raises(Exception, match="learning_rat"):
+        PPO({"learning_rat": 0.1})
