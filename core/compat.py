@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from hydra.utils import get_class
 from omegaconf import OmegaConf
@@ -16,16 +17,16 @@ class IncompatibleError(ValueError):
     """The chosen plugins cannot work together; the message names them and what would work."""
 
 
-def plugin_class(node: object) -> type:
+def plugin_class(node: Any) -> Any:
     """The class a config node builds (`_target_`)."""
     return get_class(OmegaConf.select(node, "_target_"))  # type: ignore[arg-type]
 
 
-def options_of(group: str) -> dict[str, type]:
+def options_of(group: str) -> dict[str, Any]:
     """Every option of a config group (conf/<group>/*.yaml) and the class it builds."""
     out = {}
     for file in sorted((CONF_DIR / group).glob("*.yaml")):
-        target = OmegaConf.load(file).get("_target_")
+        target = OmegaConf.select(OmegaConf.load(file), "_target_")
         if target:
             out[file.stem] = get_class(target)
     return out
@@ -40,7 +41,7 @@ def _alternatives(group: str, env: Environment) -> str:
     return f"{group}={','.join(ok)}" if ok else f"no {group} option yet"
 
 
-def check_compatible(env: Environment, choices: dict[str, str], classes: dict[str, type]) -> None:
+def check_compatible(env: Environment, choices: dict[str, str], classes: dict[str, Any]) -> None:
     """choices: group -> option name (env, reward, preference, policy); classes: group -> plugin class.
 
     Raises IncompatibleError naming the parts and the options that would work.

@@ -36,7 +36,7 @@ def save_demos(path: Path, trajs: list[Trajectory], scores: np.ndarray | None = 
     }
     if scores is not None:
         arrays["returns"] = np.asarray(scores, dtype=np.float64)
-    np.savez_compressed(path, **arrays)
+    np.savez_compressed(path, **arrays)  # type: ignore[arg-type]
 
 
 def load_demos(path: str | Path) -> tuple[list[Trajectory], np.ndarray]:

@@ -116,8 +116,9 @@ class PreferenceSource(ABC):
         """Collect items (trajectories) and the preferences between them."""
 
 
-IterationCallback = Callable[[Policy, int, float], None]
-"""Called after each optimisation iteration with (policy, env steps so far, recent mean true return)."""
+IterationCallback = Callable[[Policy, int, float], bool]
+"""Called after each rollout with (policy, env steps so far, recent mean true return); returning
+True stops the optimisation."""
 
 
 class Optimizer(ABC):

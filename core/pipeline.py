@@ -66,6 +66,7 @@ def run_pipeline(cfg: DictConfig, choices: dict[str, str], output_dir: Path,
 def _stages(cfg: DictConfig, env: Environment, reward: RewardModel, optimizer: Optimizer,
             source: PreferenceSource | None, run: RunContext, name: str) -> dict[str, float]:
     out, ckpt = run.output_dir, run.output_dir / "checkpoints"
+    ckpt.mkdir(parents=True, exist_ok=True)
     metrics: dict[str, float] = {}
     prefs = None
     if source is not None:
@@ -98,7 +99,7 @@ def _stages(cfg: DictConfig, env: Environment, reward: RewardModel, optimizer: O
 
     log.info("stage 4/4: evaluating %d episodes on the true reward", cfg.evaluation.episodes)
     trajs = rollout(policy, env, cfg.evaluation.episodes, seed=int(cfg.seed) + 10_000,
-                    deterministic=cfg.evaluation.deterministic, desc="evaluation")
+                    deterministic=cfg.evaluation.deterministic, desc="evaluation" if run.progress else None)
     eval_returns = returns(trajs)
     final = {"eval/true_return_mean": float(eval_returns.mean()), "eval/true_return_std": float(eval_returns.std())}
     if prefs is not None:

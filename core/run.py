@@ -18,7 +18,8 @@ from core.tracking import Tracker
 for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda"):
     logging.getLogger(name).setLevel(logging.WARNING)
 warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-warnings.filterwarnings("ignore", message=".*LightningModule.*not.*self.log.*")
+warnings.filterwarnings("ignore", message=".*`training_step` returned `None`.*")  # PPO's target_kl skip
+warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
 
 
 class TrackerLogger(Logger):

@@ -19,13 +19,19 @@ from core.compat import CONF_DIR  # noqa: E402
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+def compose_with_choices(*overrides: str) -> tuple[DictConfig, dict[str, str]]:
+    """The config `python main.py <overrides>` would run (Hydra node removed) and its group choices."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=quote_bool_choices(list(overrides)), return_hydra_config=True)
+    choices = {k: str(v) for k, v in cfg.hydra.runtime.choices.items()}
+    with open_dict(cfg):
+        cfg.pop("hydra")
+    return cfg, choices
+
+
 def compose_config(*overrides: str) -> DictConfig:
     """The config `python main.py <overrides>` would run, with the Hydra node removed."""
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=quote_bool_choices(list(overrides)), return_hydra_config=False)
-    with open_dict(cfg):
-        cfg.pop("hydra", None)
-    return cfg
+    return compose_with_choices(*overrides)[0]
 
 
 @pytest.fixture

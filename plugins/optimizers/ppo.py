@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import cast
 
 import lightning as L
 import numpy as np
@@ -144,7 +145,7 @@ class PPOModule(L.LightningModule):
 
     def train_dataloader(self) -> DataLoader:
         steps = self.num_iterations * self.updates_per_iteration
-        return DataLoader(range(steps), batch_size=None)  # step indices; data comes from rollouts
+        return DataLoader(range(steps), batch_size=None)  # type: ignore[arg-type]  # indices; data from rollouts
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.policy.parameters(), lr=self.hp.learning_rate, eps=1e-5)
@@ -154,10 +155,13 @@ class PPOModule(L.LightningModule):
         """Roll out the current policy, compute advantages, fix this iteration's minibatches."""
         hp, policy, T, N = self.hp, self.policy, self.hp.num_steps, self.hp.num_envs
         if hp.anneal_lr:
-            for group in self.optimizers().optimizer.param_groups:
+            optimizer = self.optimizers()
+            assert not isinstance(optimizer, list)
+            for group in optimizer.optimizer.param_groups:
                 group["lr"] = (1.0 - iteration / self.num_iterations) * hp.learning_rate
-        raw_obs = np.zeros((T, N, *self.env.observation_space.shape), dtype=np.float32)
-        obs = torch.zeros((T, N, int(np.prod(self.env.observation_space.shape))))
+        obs_shape = tuple(self.env.observation_space.shape or ())
+        raw_obs = np.zeros((T, N, *obs_shape), dtype=np.float32)
+        obs = torch.zeros((T, N, int(np.prod(obs_shape))))
         actions, logprobs, values = [], torch.zeros(T, N), torch.zeros(T, N)
         true_rewards, dones = np.zeros((T, N), dtype=np.float32), np.zeros((T, N), dtype=bool)
         bootstrap = torch.zeros(T, N)  # value of the final observation of truncated episodes
@@ -186,7 +190,8 @@ class PPOModule(L.LightningModule):
         last_value = policy.value(policy.normalize(self.next_obs))
         adv, ret = gae(rewards_t, values, torch.as_tensor(dones, dtype=torch.float32), last_value,
                        hp.gamma, hp.gae_lambda)
-        self.buffer = {"obs": obs.reshape(T * N, -1), "actions": torch.stack(actions).reshape(T * N, *actions[0].shape[1:]),
+        self.buffer = {"obs": obs.reshape(T * N, -1),
+                       "actions": torch.stack(actions).reshape(T * N, *actions[0].shape[1:]),
                        "logprobs": logprobs.reshape(-1), "values": values.reshape(-1),
                        "advantages": adv.reshape(-1), "returns": ret.reshape(-1)}
         sps = T * N / max(time.time() - t0, 1e-9)
@@ -264,9 +269,9 @@ class PPO(Optimizer):
                                 actions=frozenset({"discrete", "continuous"}))
 
     def __init__(self, hparams: DictConfig | dict | PPOHparams, total_timesteps: int | None = None) -> None:
-        if not isinstance(hparams, PPOHparams):
-            hparams = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(PPOHparams), hparams))
-        self.hp: PPOHparams = hparams  # type: ignore[assignment]
+        if not isinstance(hparams, PPOHparams):  # validates field names and types, naming any bad key
+            hparams = cast(PPOHparams, OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(PPOHparams), hparams)))
+        self.hp = hparams
         if total_timesteps is not None:
             self.hp.total_timesteps = int(total_timesteps)
         if (self.hp.num_envs * self.hp.num_steps) % self.hp.num_minibatches:

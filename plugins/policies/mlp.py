@@ -6,6 +6,7 @@ Other plugins import these by their public names (`ActorCritic`, `mlp`).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import gymnasium as gym
 import numpy as np
@@ -39,6 +40,10 @@ class RunningMeanStd(nn.Module):
     """Running mean and variance of a stream of batches (parallel-variance update); saved with the
     module's state_dict so a checkpoint restores its normalisation."""
 
+    mean: torch.Tensor
+    var: torch.Tensor
+    count: torch.Tensor
+
     def __init__(self, shape: tuple[int, ...]) -> None:
         super().__init__()
         self.register_buffer("mean", torch.zeros(shape, dtype=torch.float64))
@@ -62,17 +67,25 @@ class ActorCritic(nn.Module, Policy):
     obs (N, D) -> distribution over actions, value (N,).
     """
 
+    low: torch.Tensor
+    high: torch.Tensor
+
     def __init__(self, observation_space: gym.Space, action_space: gym.Space,
                  hidden_sizes: Sequence[int] = (64, 64), activation: str = "tanh",
                  normalize_obs: bool = False) -> None:
         super().__init__()
-        obs_dim = int(np.prod(observation_space.shape))
+        obs_dim = int(np.prod(observation_space.shape or ()))
         self.discrete = isinstance(action_space, gym.spaces.Discrete)
-        n_out = int(action_space.n) if self.discrete else int(np.prod(action_space.shape))
+        if isinstance(action_space, gym.spaces.Discrete):
+            n_out = int(action_space.n)
+        elif isinstance(action_space, gym.spaces.Box):
+            n_out = int(np.prod(action_space.shape))
+        else:
+            raise ValueError(f"ActorCritic supports Discrete and Box actions, not {action_space}")
         hidden = list(hidden_sizes)
         self.actor = mlp([obs_dim, *hidden, n_out], activation, out_gain=0.01)
         self.critic = mlp([obs_dim, *hidden, 1], activation, out_gain=1.0)
-        if not self.discrete:
+        if isinstance(action_space, gym.spaces.Box):
             self.log_std = nn.Parameter(torch.zeros(n_out))
             self.register_buffer("low", torch.as_tensor(action_space.low, dtype=torch.float32))
             self.register_buffer("high", torch.as_tensor(action_space.high, dtype=torch.float32))
@@ -109,7 +122,7 @@ class ActorCritic(nn.Module, Policy):
     def act(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
         dist = self.distribution(self.normalize(obs))
         if deterministic:
-            action = dist.probs.argmax(-1) if self.discrete else dist.mean
+            action = cast(Categorical, dist).probs.argmax(-1) if self.discrete else dist.mean
         else:
             action = dist.sample()
         return self.to_env_action(action)

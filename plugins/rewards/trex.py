@@ -9,9 +9,15 @@ starts no earlier than the one from the worse. Defaults are the paper's (Atari a
 snippet pairs of length 50-100, Adam with lr 5e-5, one pass with one pair per step; an ensemble
 whose members see different random pairs and whose standardised outputs are averaged.
 
-The loss fixes r only up to a positive scale and an offset per member. rexlab fixes both: each
-member is standardised over all demonstration states (mean 0, std 1) before averaging, so the
-policy optimizer sees a reward whose sign says better or worse than the demonstrations' average.
+The loss fixes r only up to a positive scale and an offset per member, and the offset matters to
+an optimizer wherever episodes can end early: it is a bonus (or penalty) for every step alive.
+Equal-length snippets carry no information about it; whole demonstrations of different lengths do.
+rexlab therefore (1) standardises each member over all demonstration states (mean 0, std 1) and
+averages them, and (2) with `fit_offset`, adds the per-step offset b that best explains the ranking
+of the whole demonstrations: a two-parameter Bradley-Terry fit of P(i > j) = sigmoid(a (S_i - S_j)
++ c (T_i - T_j)), S the standardised learned return and T the length, a >= 0, lightly L2-regularised,
+gives b = c / a. Where all demonstrations have one length, c stays 0. Both steps are rexlab's, not
+the paper's; fit_offset=false gives the plain standardised reward.
 """
 
 from __future__ import annotations
@@ -101,6 +107,29 @@ class SnippetPairs(Dataset):
         return x, mask
 
 
+def fit_step_offset(learned: np.ndarray, lengths: np.ndarray, pairs: np.ndarray, l2: float = 1e-2) -> float:
+    """The per-step offset b that makes whole-trajectory returns S + b T best explain the
+    preferences `pairs` (rows (i, j): i preferred), by a regularised two-parameter logistic fit."""
+    d_s = torch.as_tensor(learned[pairs[:, 0]] - learned[pairs[:, 1]], dtype=torch.float64)
+    d_t = torch.as_tensor(lengths[pairs[:, 0]] - lengths[pairs[:, 1]], dtype=torch.float64)
+    if len(pairs) == 0 or d_t.abs().max() == 0:
+        return 0.0
+    scale_s, scale_t = d_s.abs().mean().clamp_min(1e-8), d_t.abs().mean().clamp_min(1e-8)
+    params = torch.zeros(2, dtype=torch.float64, requires_grad=True)  # softplus^-1(a), c (scaled)
+    opt = torch.optim.LBFGS([params], max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        a, c = F.softplus(params[0]), params[1]
+        loss = F.softplus(-(a * d_s / scale_s + c * d_t / scale_t)).mean() + l2 * (a**2 + c**2)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    a, c = F.softplus(params[0]).item() / scale_s.item(), params[1].item() / scale_t.item()
+    return c / max(a, 1e-12)
+
+
 def snippet_returns(net: nn.Module, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """x (B, M, 2, L, D), mask (B, M, 2, L) -> summed rewards (M, B, 2)."""
     r = net(x.transpose(0, 1).flatten(2, 3).flatten(3)).reshape(mask.transpose(0, 1).shape)
@@ -181,7 +210,7 @@ class TREX(RewardModel):
     def __init__(self, num_pairs: int = 6000, min_snippet_length: int = 50, max_snippet_length: int = 100,
                  ensemble_size: int = 5, hidden_sizes: Sequence[int] = (256, 256), activation: str = "leaky_relu",
                  lr: float = 5e-5, weight_decay: float = 0.0, batch_size: int = 1, epochs: int = 1,
-                 val_fraction: float = 0.1, val_checks_per_epoch: int = 4) -> None:
+                 val_fraction: float = 0.1, val_checks_per_epoch: int = 4, fit_offset: bool = True) -> None:
         if not 1 <= min_snippet_length <= max_snippet_length:
             raise ValueError(f"reward: need 1 <= min_snippet_length ({min_snippet_length}) <= "
                              f"max_snippet_length ({max_snippet_length})")
@@ -189,7 +218,9 @@ class TREX(RewardModel):
         self.ensemble_size, self.hidden_sizes, self.activation = ensemble_size, list(hidden_sizes), activation
         self.lr, self.weight_decay, self.batch_size, self.epochs = lr, weight_decay, batch_size, epochs
         self.val_fraction, self.val_checks = val_fraction, val_checks_per_epoch
+        self.fit_offset = fit_offset
         self.net: EnsembleMLP | None = None
+        self.offset = 0.0
 
     def fit(self, prefs: Preferences, run: RunContext) -> None:
         obs = [torch.as_tensor(t.obs, dtype=torch.float32).reshape(len(t), -1) for t in prefs.items]
@@ -207,6 +238,10 @@ class TREX(RewardModel):
                     val_check_interval=max(1, steps_per_epoch // self.val_checks),
                     log_every_n_steps=max(1, min(50, steps_per_epoch // 20)), num_sanity_val_steps=0).fit(module)
         self.mean, self.std = standardise(self.net, torch.cat(obs))
+        if self.fit_offset:
+            lengths = np.array([len(t) for t in prefs.items], dtype=np.float64)
+            self.offset = fit_step_offset(standardised_returns(self.net, obs), lengths, prefs.pairs)
+            run.log({"reward/step_offset": self.offset}, 0)
 
     @torch.no_grad()
     def reward(self, obs: np.ndarray) -> np.ndarray:
@@ -214,7 +249,8 @@ class TREX(RewardModel):
             raise RuntimeError("reward=trex: reward() called before fit()")
         x = torch.as_tensor(np.asarray(obs), dtype=torch.float32).reshape(len(obs), -1)
         r = (self.net(x.expand(self.ensemble_size, -1, -1)) - self.mean) / self.std
-        return r.mean(0).numpy()
+        return (r.mean(0) + self.offset).numpy()
 
     def state_dict(self) -> dict:
-        return {} if self.net is None else {"net": self.net.state_dict(), "mean": self.mean, "std": self.std}
+        return {} if self.net is None else {"net": self.net.state_dict(), "mean": self.mean, "std": self.std,
+                                         "offset": self.offset}

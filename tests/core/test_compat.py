@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from core.compat import IncompatibleError, check_compatible
-from core.interfaces import Capabilities, EnvReward, Environment
+from core.interfaces import Capabilities, Environment, EnvReward
 from plugins.envs.gym import GymEnv
 from plugins.optimizers.ppo import PPO
 from plugins.preferences.learner_checkpoints import LearnerCheckpoints

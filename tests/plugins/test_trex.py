@@ -9,7 +9,7 @@ import torch
 from core.run import RunContext
 from core.tracking import NullTracker
 from core.types import Preferences, Trajectory
-from plugins.rewards.trex import EnsembleMLP, TREX, ranking_loss, sample_snippet_pairs
+from plugins.rewards.trex import TREX, EnsembleMLP, fit_step_offset, ranking_loss, sample_snippet_pairs
 
 
 def ranked_set(n: int = 8, length: int = 60, seed: int = 0) -> Preferences:
@@ -67,4 +67,20 @@ def test_trex_learns_to_rank_held_out_pairs_and_correlates_with_true_returns(tmp
     # standardised over the demonstration states: mean 0, std 1 on them
     states = np.concatenate([t.obs for t in ranked_set().items])
     r = model.reward(states)
-    assert abs(r.mean()) < 1e-3
+    assert abs(r.mean() - model.offset) < 1e-3
+
+
+def test_step_offset_follows_what_whole_demonstrations_say_about_length() -> None:
+    learned = np.zeros(4)  # the snippet reward says nothing; only length separates the demos
+    lengths = np.array([10.0, 20.0, 30.0, 40.0])
+    longer_better = np.array([[j, i] for i in range(4) for j in range(i + 1, 4)])
+    assert fit_step_offset(learned, lengths, longer_better) > 0
+    assert fit_step_offset(learned, lengths, longer_better[:, ::-1]) < 0
+    assert fit_step_offset(learned, np.full(4, 25.0), longer_better) == 0.0
+
+
+def test_step_offset_is_small_when_learned_returns_already_explain_the_ranking() -> None:
+    learned = np.array([0.0, 10.0, 20.0, 30.0])
+    lengths = np.array([40.0, 30.0, 20.0, 10.0])  # shorter demos are better, and learned return says so
+    better_first = np.array([[j, i] for i in range(4) for j in range(i + 1, 4)])
+    assert abs(fit_step_offset(learned, lengths, better_first)) < 1.0
