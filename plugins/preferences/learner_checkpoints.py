@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from core.evaluation import rollout
-from core.interfaces import Capabilities, EnvReward, Environment, Optimizer, Policy, PreferenceSource
+from core.interfaces import Capabilities, Environment, EnvReward, Optimizer, Policy, PreferenceSource
 from core.run import RunContext
 from core.types import Preferences, Trajectory
 
