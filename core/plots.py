@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 
 from core.evaluation import pearson  # noqa: E402
+
+
+def _finish(fig: Figure, ax: Axes, path: Path, legend_loc: Literal["best", "upper left"]) -> None:
+    ax.grid(alpha=0.3)
+    ax.legend(loc=legend_loc, fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def reward_extrapolation(path: Path, demo_true: np.ndarray, demo_learned: np.ndarray,
@@ -25,12 +37,7 @@ def reward_extrapolation(path: Path, demo_true: np.ndarray, demo_learned: np.nda
     r = pearson(np.concatenate([demo_true, policy_true]), np.concatenate([demo_learned, policy_learned]))
     ax.set(xlabel="true return", ylabel="learned return (standardised reward, summed)",
            title=f"{title}\nreward extrapolation, Pearson r = {r:.3f}")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="best", fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _finish(fig, ax, path, legend_loc="best")
 
 
 def learning_curve(path: Path, history: dict[str, list[tuple[int, float]]], best_demo: float | None,
@@ -55,9 +62,4 @@ def learning_curve(path: Path, history: dict[str, list[tuple[int, float]]], best
         ax2.plot(steps, values, color="tab:green", alpha=0.6, lw=1, label="policy: learned return")
         ax2.set_ylabel("learned return", color="tab:green")
         ax2.legend(loc="lower right", fontsize=8)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="upper left", fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _finish(fig, ax, path, legend_loc="upper left")

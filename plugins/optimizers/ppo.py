@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 from core.interfaces import Capabilities, Environment, IterationCallback, Optimizer, Policy, RewardModel
 from core.run import RunContext
 from core.types import Trajectory
-from plugins.policies.mlp import ActorCritic
+from plugins.policies.mlp import ActorCritic, RunningMeanStd
 
 
 @dataclass
@@ -102,19 +102,15 @@ class ReturnScaler:
 
     def __init__(self, num_envs: int, gamma: float) -> None:
         self.gamma, self.ret = gamma, np.zeros(num_envs)
-        self.mean, self.var, self.count = 0.0, 1.0, 1e-4
+        self.stats = RunningMeanStd(())
 
     def __call__(self, rewards: np.ndarray, dones: np.ndarray) -> np.ndarray:
         """rewards, dones (T, N) in time order -> scaled rewards (T, N)."""
         for t in range(rewards.shape[0]):
             self.ret = self.ret * self.gamma + rewards[t]
-            batch_mean, batch_var, n = self.ret.mean(), self.ret.var(), len(self.ret)
-            delta, total = batch_mean - self.mean, self.count + n
-            self.mean += delta * n / total
-            self.var = (self.var * self.count + batch_var * n + delta**2 * self.count * n / total) / total
-            self.count = total
+            self.stats.update(torch.as_tensor(self.ret))
             self.ret = np.where(dones[t], 0.0, self.ret)
-        return (rewards / np.sqrt(self.var + 1e-8)).astype(np.float32)
+        return (rewards / np.sqrt(self.stats.var.item() + 1e-8)).astype(np.float32)
 
 
 # ---------------------------------------------------------------- the Lightning module

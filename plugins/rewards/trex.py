@@ -193,13 +193,17 @@ def standardise(net: EnsembleMLP, states: torch.Tensor) -> tuple[torch.Tensor, t
     return r.mean(1, keepdim=True), r.std(1, keepdim=True).clamp_min(1e-8)
 
 
+def standardised_reward(net: EnsembleMLP, x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Ensemble average of the members' rewards standardised by (mean, std): x (S, D) -> (S,)."""
+    return ((net(x.expand(net.weights[0].shape[0], -1, -1)) - mean) / std).mean(0)
+
+
 @torch.no_grad()
 def standardised_returns(net: EnsembleMLP, obs: list[torch.Tensor]) -> np.ndarray:
     """Learned return of each trajectory (obs (T_k, D) each) under the ensemble's standardised
     reward: standardising fixes the per-step offset, which would otherwise scale with length."""
     mean, std = standardise(net, torch.cat(obs))
-    members = net.weights[0].shape[0]
-    return np.array([((net(o.expand(members, -1, -1)) - mean) / std).mean(0).sum().item() for o in obs])
+    return np.array([standardised_reward(net, o, mean, std).sum().item() for o in obs])
 
 
 class TREX(RewardModel):
@@ -248,8 +252,7 @@ class TREX(RewardModel):
         if self.net is None:
             raise RuntimeError("reward=trex: reward() called before fit()")
         x = torch.as_tensor(np.asarray(obs), dtype=torch.float32).reshape(len(obs), -1)
-        r = (self.net(x.expand(self.ensemble_size, -1, -1)) - self.mean) / self.std
-        return (r.mean(0) + self.offset).numpy()
+        return (standardised_reward(self.net, x, self.mean, self.std) + self.offset).numpy()
 
     def state_dict(self) -> dict:
         return {} if self.net is None else {"net": self.net.state_dict(), "mean": self.mean, "std": self.std,
