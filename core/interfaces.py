@@ -135,7 +135,8 @@ class Optimizer(ABC):
         demonstrations: list[Trajectory] | None = None,
         callback: IterationCallback | None = None,
     ) -> Policy:
-        """Train and return the final policy. `reward.uses_env_reward` selects the true reward."""
+        """Train and return the final policy. `reward.uses_env_reward` selects the true reward;
+        `demonstrations` (best first) are given to optimizers that declare needs_demonstrations."""
 
 
 class EnvReward(RewardModel):

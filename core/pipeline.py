@@ -91,7 +91,10 @@ def _stages(cfg: DictConfig, env: Environment, reward: RewardModel, optimizer: O
         run.tracker.log_artifact(ckpt / "reward.pt", "checkpoints")
 
     log.info("stage 3/4: optimising the policy (%s)", type(optimizer).__name__)
-    demos = prefs.items if (prefs is not None and optimizer.capabilities.needs_demonstrations) else None
+    demos = None
+    if prefs is not None and optimizer.capabilities.needs_demonstrations:
+        order = np.arange(len(prefs.items)) if prefs.scores is None else np.argsort(-prefs.scores, kind="stable")
+        demos = [prefs.items[i] for i in order]  # best first
     policy = optimizer.fit(env, reward, run, demonstrations=demos)
     if isinstance(policy, torch.nn.Module):
         torch.save(policy.state_dict(), ckpt / "policy.pt")

@@ -1,0 +1,106 @@
+"""Behavioral cloning: maximum likelihood of the demonstrators' actions (Pomerleau 1991; the
+imitation baseline of T-REX and the policy D-REX injects noise into).
+
+Loss: -log pi(a|s) - ent_weight * H(pi(.|s)) + l2_weight * |theta|^2 over demonstration
+(state, action) pairs. Defaults follow the `imitation` library's BC (batch 32, Adam lr 1e-3,
+ent_weight 1e-3, l2_weight 0); the policy is the same actor MLP as PPO's, with observation
+normalisation from the demonstrations' statistics.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from core.interfaces import Capabilities, Environment, IterationCallback, Optimizer, Policy, RewardModel
+from core.run import RunContext
+from core.types import Trajectory
+from plugins.policies.mlp import ActorCritic
+
+
+def bc_loss(policy: ActorCritic, obs: torch.Tensor, actions: torch.Tensor, ent_weight: float,
+            l2_weight: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Negative log-likelihood of the actions (B,) or (B, A) under the policy at normalised obs (B, D),
+    minus an entropy bonus, plus L2 on the actor's weights."""
+    dist = policy.distribution(obs)
+    nll = -dist.log_prob(actions).mean()
+    entropy = dist.entropy().mean()
+    l2 = sum((p**2).sum() for p in policy.actor.parameters())
+    loss = nll - ent_weight * entropy + l2_weight * l2
+    return loss, {"nll": nll.detach(), "entropy": entropy.detach()}
+
+
+class BCModule(L.LightningModule):
+    def __init__(self, policy: ActorCritic, train: TensorDataset, val: TensorDataset, lr: float,
+                 batch_size: int, ent_weight: float, l2_weight: float) -> None:
+        super().__init__()
+        self.policy, self.train_set, self.val_set = policy, train, val
+        self.lr, self.batch_size, self.ent_weight, self.l2_weight = lr, batch_size, ent_weight, l2_weight
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_set, batch_size=1024)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.policy.actor.parameters(), lr=self.lr)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss, stats = bc_loss(self.policy, *batch, self.ent_weight, self.l2_weight)
+        self.log("bc/train_loss", stats["nll"], prog_bar=True)
+        self.log("bc/entropy", stats["entropy"])
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        obs, actions = batch
+        _, stats = bc_loss(self.policy, obs, actions, 0.0, 0.0)
+        self.log("bc/val_loss", stats["nll"], prog_bar=True)
+        if self.policy.discrete:
+            accuracy = (self.policy.distribution(obs).logits.argmax(-1) == actions).float().mean()  # type: ignore[attr-defined]
+            self.log("bc/val_accuracy", accuracy)
+
+
+class BehavioralCloning(Optimizer):
+    """policy=bc. Fields documented in conf/policy/bc.yaml."""
+
+    capabilities = Capabilities(observations=frozenset({"vector"}), actions=frozenset({"discrete", "continuous"}),
+                                needs_demonstrations=True)
+
+    def __init__(self, epochs: int = 10, batch_size: int = 32, lr: float = 1e-3, ent_weight: float = 1e-3,
+                 l2_weight: float = 0.0, top_fraction: float = 1.0, val_fraction: float = 0.1,
+                 hidden_sizes: Sequence[int] = (64, 64), activation: str = "tanh", normalize_obs: bool = True) -> None:
+        if not 0.0 < top_fraction <= 1.0:
+            raise ValueError(f"policy.top_fraction must be in (0, 1], got {top_fraction}")
+        self.epochs, self.batch_size, self.lr = epochs, batch_size, lr
+        self.ent_weight, self.l2_weight, self.top_fraction = ent_weight, l2_weight, top_fraction
+        self.val_fraction, self.hidden_sizes, self.activation = val_fraction, list(hidden_sizes), activation
+        self.normalize_obs = normalize_obs
+
+    def fit(self, env: Environment, reward: RewardModel, run: RunContext,
+            demonstrations: list[Trajectory] | None = None, callback: IterationCallback | None = None) -> Policy:
+        """Clone the best `top_fraction` of `demonstrations` (given best first); `reward` is unused."""
+        if not demonstrations:
+            raise ValueError("policy=bc needs demonstrations; choose a preference source that provides them")
+        kept = demonstrations[: max(1, math.ceil(len(demonstrations) * self.top_fraction))]
+        policy = ActorCritic(env.observation_space, env.action_space, self.hidden_sizes, self.activation,
+                             self.normalize_obs)
+        raw = np.concatenate([t.obs for t in kept])
+        obs = policy.normalize(raw, update=True)
+        actions = torch.as_tensor(np.concatenate([t.actions for t in kept]))
+        actions = actions.long() if policy.discrete else actions.float().reshape(len(obs), -1)
+        order = torch.randperm(len(obs), generator=torch.Generator().manual_seed(run.seed))
+        n_val = max(1, int(len(obs) * self.val_fraction))
+        val, train = order[:n_val], order[n_val:]
+        module = BCModule(policy, TensorDataset(obs[train], actions[train]), TensorDataset(obs[val], actions[val]),
+                          self.lr, self.batch_size, self.ent_weight, self.l2_weight)
+        steps = math.ceil(len(train) / self.batch_size) * self.epochs
+        run.trainer(max_steps=steps, max_epochs=self.epochs, log_every_n_steps=max(1, min(50, steps // 50)),
+                    num_sanity_val_steps=0).fit(module)
+        policy.eval()
+        return policy
