@@ -59,8 +59,10 @@ def check_compatible(env: Environment, choices: dict[str, str], classes: dict[st
                 f"{sorted(caps.observations)} and actions {sorted(caps.actions)}. "
                 f"With env={choices['env']} try {_alternatives(group, env)}.")
     source_caps: Capabilities = classes["preference"].capabilities
-    if policy_caps.needs_demonstrations and not source_caps.provides_demonstrations:
-        good = [n for n, c in options_of("preference").items() if c.capabilities.provides_demonstrations]
-        raise IncompatibleError(
-            f"policy={choices['policy']} learns from demonstrations, but preference={choices['preference']} "
-            f"provides none; use preference={','.join(good)}.")
+    for group in ("policy", "reward"):
+        if classes[group].capabilities.needs_demonstrations and not source_caps.provides_demonstrations:
+            good = [n for n, c in options_of("preference").items() if c.capabilities.provides_demonstrations]
+            raise IncompatibleError(
+                f"{group}={choices[group]} learns from demonstrations, but preference={choices['preference']} "
+                f"provides none; use preference={','.join(good)}." + "".join(
+                    f" {note}" for note in classes[group].capabilities.notes))

@@ -29,6 +29,7 @@ class Capabilities:
     needs_demonstrations: an Optimizer that learns from demonstrations (behavioral cloning).
     needs_preferences: a RewardModel trained from preferences (False for the true reward).
     provides_demonstrations: a PreferenceSource whose items are whole demonstration trajectories.
+    notes: said when the plugin is refused (e.g. the combination that does what was meant).
     """
 
     observations: frozenset[str] = frozenset({"vector", "image", "text"})
@@ -90,8 +91,9 @@ class RewardModel(ABC):
     uses_env_reward: ClassVar[bool] = False
 
     @abstractmethod
-    def fit(self, prefs: Preferences, run: RunContext) -> None:
-        """Learn from preferences over trajectories (pairs (i, j): item i preferred)."""
+    def fit(self, prefs: Preferences, env: Environment, run: RunContext) -> None:
+        """Learn from preferences over trajectories (pairs (i, j): item i preferred). `env` is the
+        task, for learners that roll out policies of their own (D-REX)."""
 
     @abstractmethod
     def reward(self, obs: np.ndarray) -> np.ndarray:
@@ -146,7 +148,7 @@ class EnvReward(RewardModel):
     capabilities = Capabilities(needs_preferences=False)
     uses_env_reward = True
 
-    def fit(self, prefs: Preferences, run: RunContext) -> None:
+    def fit(self, prefs: Preferences, env: Environment, run: RunContext) -> None:
         raise RuntimeError("reward=true learns nothing; the pipeline never calls fit on it")
 
     def reward(self, obs: np.ndarray) -> np.ndarray:

@@ -72,29 +72,26 @@ def _stages(cfg: DictConfig, env: Environment, reward: RewardModel, optimizer: O
     if source is not None:
         log.info("stage 1/4: demonstrations and preferences (%s)", type(source).__name__)
         prefs = source.gather(env, run)
-        demo_returns = returns(prefs.items)
+        demo_returns = returns(prefs.demonstrations or prefs.items)
         metrics["demos/best_true_return"] = float(np.max(demo_returns))
         metrics["demos/mean_true_return"] = float(np.mean(demo_returns))
-        metrics["demos/count"] = len(prefs.items)
+        metrics["demos/count"] = len(demo_returns)
         metrics["preference/pairs"] = len(prefs.pairs)
         run.log(metrics, 0)
         save_demos(ckpt / "demos.npz", prefs.items, prefs.scores)
         run.tracker.log_artifact(ckpt / "demos.npz", "checkpoints")
-        log.info("%d demonstrations, true returns %.1f .. %.1f", len(prefs.items), demo_returns.min(),
-                 demo_returns.max())
+        log.info("%d demonstrations, true returns %.1f .. %.1f; %d items, %d preference pairs", len(demo_returns),
+                 demo_returns.min(), demo_returns.max(), len(prefs.items), len(prefs.pairs))
 
     if reward.capabilities.needs_preferences:
         assert prefs is not None
         log.info("stage 2/4: learning the reward (%s)", type(reward).__name__)
-        reward.fit(prefs, run)
+        reward.fit(prefs, env, run)
         torch.save(reward.state_dict(), ckpt / "reward.pt")
         run.tracker.log_artifact(ckpt / "reward.pt", "checkpoints")
 
     log.info("stage 3/4: optimising the policy (%s)", type(optimizer).__name__)
-    demos = None
-    if prefs is not None and optimizer.capabilities.needs_demonstrations:
-        order = np.arange(len(prefs.items)) if prefs.scores is None else np.argsort(-prefs.scores, kind="stable")
-        demos = [prefs.items[i] for i in order]  # best first
+    demos = prefs.best_first() if prefs is not None and optimizer.capabilities.needs_demonstrations else None
     policy = optimizer.fit(env, reward, run, demonstrations=demos)
     if isinstance(policy, torch.nn.Module):
         torch.save(policy.state_dict(), ckpt / "policy.pt")
@@ -107,6 +104,9 @@ def _stages(cfg: DictConfig, env: Environment, reward: RewardModel, optimizer: O
     final = {"eval/true_return_mean": float(eval_returns.mean()), "eval/true_return_std": float(eval_returns.std())}
     if prefs is not None:
         final["eval/beats_best_demo"] = float(final["eval/true_return_mean"] > metrics["demos/best_true_return"])
+    bc_return = run.tracker.last("bc/true_return_mean")  # logged where a BC policy was trained on the way (D-REX)
+    if bc_return is not None:
+        final["eval/beats_bc"] = float(final["eval/true_return_mean"] > bc_return)
     best_demo = metrics.get("demos/best_true_return")
     if prefs is not None and not reward.uses_env_reward:
         demo_learned, eval_learned = returns(prefs.items, reward), returns(trajs, reward)

@@ -60,11 +60,14 @@ class Preferences:
     pairs: (P, 2) int64; row (i, j) says item i is preferred over item j.
     scores: (N,) float or None; the score a ranking was made from (true return, negative noise
             level, ...), higher is better. Kept for plots and correlations; learners use `pairs`.
+    demonstrations: the demonstrations behind the items when the items also hold other rollouts
+            (noise injection); None when the items are the demonstrations.
     """
 
     items: list[Trajectory]
     pairs: np.ndarray
     scores: np.ndarray | None = None
+    demonstrations: list[Trajectory] | None = None
 
     def __post_init__(self) -> None:
         self.pairs = np.asarray(self.pairs, dtype=np.int64).reshape(-1, 2)
@@ -84,3 +87,8 @@ class Preferences:
             if scores[i] != scores[j]
         ]
         return cls(items=items, pairs=np.array(pairs, dtype=np.int64).reshape(-1, 2), scores=scores)
+
+    def best_first(self, count: int | None = None) -> list[Trajectory]:
+        """The `count` best items by score (all if None), best first; source order without scores."""
+        order = np.arange(len(self.items)) if self.scores is None else np.argsort(-self.scores, kind="stable")
+        return [self.items[i] for i in order[:count]]

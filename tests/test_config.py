@@ -33,8 +33,9 @@ def test_every_option_composes_and_instantiates(group: str, option: str, experim
 
 
 def test_every_group_has_the_options_design_names() -> None:
-    for group, names in {"env": {"cartpole", "pendulum", "mountaincar"}, "reward": {"true", "trex"},
-                         "preference": {"learner_checkpoints", "ranked_demos"}, "policy": {"ppo"},
+    for group, names in {"env": {"cartpole", "pendulum", "mountaincar"}, "reward": {"true", "trex", "drex"},
+                         "preference": {"learner_checkpoints", "ranked_demos", "noise_injection"},
+                         "policy": {"ppo", "bc"},
                          "tracking": {"mlflow", "none"}}.items():
         assert names <= set(options_of(group)), group
 
@@ -69,3 +70,11 @@ def test_a_misspelt_ppo_field_is_named() -> None:
 
     with pytest.raises(Exception, match="learning_rat"):
         PPO({"learning_rat": 0.1})
+
+
+def test_drex_takes_the_trex_fields_and_a_bc_cloner() -> None:
+    cfg = compose_config("reward=drex", "reward.num_pairs=123", "experiment=debug")
+    assert cfg.reward.num_pairs == 123 and cfg.reward.ensemble_size == 2
+    assert cfg.reward.cloner._target_.endswith("BehavioralCloning") and cfg.reward.cloner.epochs == 2
+    nested = compose_config("preference=noise_injection", "experiment=debug").preference
+    assert nested.demonstrations.stop_return == 60 and len(nested.noise_levels) == 3

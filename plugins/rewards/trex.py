@@ -33,7 +33,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from core.evaluation import pearson
-from core.interfaces import Capabilities, RewardModel
+from core.interfaces import Capabilities, Environment, RewardModel
 from core.run import RunContext
 from core.types import Preferences, Trajectory
 from plugins.policies.mlp import ACTIVATIONS
@@ -226,7 +226,7 @@ class TREX(RewardModel):
         self.net: EnsembleMLP | None = None
         self.offset = 0.0
 
-    def fit(self, prefs: Preferences, run: RunContext) -> None:
+    def fit(self, prefs: Preferences, env: Environment, run: RunContext) -> None:
         obs = [torch.as_tensor(t.obs, dtype=torch.float32).reshape(len(t), -1) for t in prefs.items]
         self.net = EnsembleMLP(self.ensemble_size, [obs[0].shape[1], *self.hidden_sizes, 1], self.activation)
         rng = np.random.default_rng(run.seed)

@@ -56,3 +56,13 @@ def test_a_policy_needing_demonstrations_needs_a_source_that_has_them() -> None:
         check_compatible(GymEnv("CartPole-v1", "cartpole"),
                          {**CHOICES, "env": "cartpole", "policy": "cloner", "preference": "labeler"},
                          {"reward": EnvReward, "preference": Labeler, "policy": Cloner})
+
+
+def test_refusing_drex_on_noise_injection_says_what_does_that() -> None:
+    from plugins.preferences.noise_injection import NoiseInjection
+    from plugins.rewards.drex import DREX
+
+    with pytest.raises(IncompatibleError, match="reward=trex preference=noise_injection is D-REX"):
+        check_compatible(GymEnv("CartPole-v1", "cartpole"),
+                         {**CHOICES, "env": "cartpole", "reward": "drex", "preference": "noise_injection"},
+                         {"reward": DREX, "preference": NoiseInjection, "policy": PPO})

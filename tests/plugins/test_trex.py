@@ -9,6 +9,7 @@ import torch
 from core.run import RunContext
 from core.tracking import NullTracker
 from core.types import Preferences, Trajectory
+from plugins.envs.gym import GymEnv
 from plugins.rewards.trex import TREX, EnsembleMLP, fit_step_offset, ranking_loss, sample_snippet_pairs
 
 
@@ -53,7 +54,7 @@ def test_trex_learns_to_rank_held_out_pairs_and_correlates_with_true_returns(tmp
     model = TREX(num_pairs=600, min_snippet_length=10, max_snippet_length=30, ensemble_size=3,
                  hidden_sizes=(32, 32), lr=1e-3, batch_size=8, epochs=2)
     before = [p.detach().clone() for p in EnsembleMLP(3, [2, 32, 32, 1], "leaky_relu").parameters()]
-    model.fit(ranked_set(), RunContext(0, tmp_path, tracker, progress=False))
+    model.fit(ranked_set(), GymEnv("CartPole-v1", "cartpole"), RunContext(0, tmp_path, tracker, progress=False))
     accuracy = tracker.history["reward/val_pair_accuracy"]
     assert accuracy[-1][1] > 0.9, accuracy
     assert tracker.history["reward/return_correlation"][-1][1] > 0.5
