@@ -11,8 +11,7 @@ from core.pipeline import hydra_context, run_pipeline
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
-    choices, output_dir, sweep_dir = hydra_context()
-    metrics = run_pipeline(cfg, choices, output_dir, sweep_dir)
+    metrics = run_pipeline(cfg, **hydra_context())
     return metrics["eval/true_return_mean"]
 
 

@@ -43,7 +43,11 @@ def load_demos(path: str | Path) -> tuple[list[Trajectory], np.ndarray]:
     """Read a demonstrations file -> (trajectories, scores with higher = better)."""
     path = Path(path)
     try:
-        with np.load(path, allow_pickle=False) as data:
+        data = np.load(path, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise DemoFileError(f"demonstrations file {path} holds a single array, not an .npz archive of "
+                                f"named arrays (obs, lengths, ...)")
+        with data:
             arrays = {k: data[k] for k in data.files}
     except FileNotFoundError:
         raise DemoFileError(f"demonstrations file {path} does not exist") from None
@@ -56,8 +60,11 @@ def load_demos(path: str | Path) -> tuple[list[Trajectory], np.ndarray]:
         return arrays[key]
 
     obs, lengths = need("obs"), need("lengths").astype(np.int64)
+    if lengths.ndim != 1 or len(lengths) < 2:
+        raise DemoFileError(f"demonstrations file {path}: 'lengths' must list at least 2 trajectories to rank, "
+                            f"got shape {lengths.shape}")
     total = int(lengths.sum())
-    if lengths.ndim != 1 or (lengths <= 0).any() or total != len(obs):
+    if (lengths <= 0).any() or total != len(obs):
         raise DemoFileError(f"demonstrations file {path}: 'lengths' must be positive and sum to len(obs) "
                             f"= {len(obs)}, got sum {total}")
     for key in ("actions", "rewards"):
@@ -75,6 +82,9 @@ def load_demos(path: str | Path) -> tuple[list[Trajectory], np.ndarray]:
     rewards = arrays.get("rewards", np.full(total, np.nan)).astype(np.float32)
     trajs = [Trajectory(obs[a:b].astype(np.float32), actions[a:b], rewards[a:b], {"source": str(path)})
              for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    if "rewards" not in arrays and "returns" in arrays:  # true returns known per trajectory only
+        for traj, value in zip(trajs, arrays["returns"], strict=True):
+            traj.info["true_return"] = float(value)
     if "ranks" in arrays:
         scores = -arrays["ranks"].astype(np.float64)
     elif "returns" in arrays:

@@ -30,12 +30,13 @@ log = logging.getLogger(__name__)
 GROUPS = ("env", "reward", "preference", "policy")
 
 
-def run_pipeline(cfg: DictConfig, choices: dict[str, str], output_dir: Path,
-                 sweep_dir: Path | None = None) -> dict[str, float]:
+def run_pipeline(cfg: DictConfig, choices: dict[str, str], output_dir: Path, sweep_dir: Path | None = None,
+                 job: int | None = None, overrides: str = "") -> dict[str, float]:
     """Run every stage the config asks for; returns the final metrics.
 
-    choices: the option picked in each config group (for names and messages).
-    sweep_dir: the multirun's sweep folder, so the run attaches to the sweep's parent run.
+    choices: the option picked in each config group (for names, tags and messages).
+    sweep_dir, job: the multirun's sweep folder (the run attaches to the sweep's parent run) and
+    the job's number (added to the run name). overrides: the command line's overrides (a tag).
     """
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     torch.use_deterministic_algorithms(True)
@@ -48,18 +49,27 @@ def run_pipeline(cfg: DictConfig, choices: dict[str, str], output_dir: Path,
 
     tracker: Tracker = instantiate(cfg.tracking)
     name = "-".join(f"{choices[g]}" for g in GROUPS if g != "preference" or uses_source) + f"-s{cfg.seed}"
-    tracker.start(name, cfg, sweep_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    config_file = output_dir / "config.yaml"
-    OmegaConf.save(cfg, config_file, resolve=True)
-    tracker.log_artifact(config_file)
-    run = RunContext(seed=int(cfg.seed), output_dir=output_dir, tracker=tracker, progress=cfg.progress)
+    if job is not None:
+        name += f"-job{job}"
+    tags = {f"choice.{g}": choices[g] for g in GROUPS} | ({"overrides": overrides} if overrides else {})
+    tracker.start(name, cfg, sweep_dir, tags)
+    status = "FAILED"
     try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        config_file = output_dir / "config.yaml"
+        OmegaConf.save(cfg, config_file, resolve=True)
+        tracker.log_artifact(config_file)
+        run = RunContext(seed=int(cfg.seed), output_dir=output_dir, tracker=tracker, progress=cfg.progress)
         metrics = _stages(cfg, env, reward, optimizer, source, run, name)
-    except BaseException:
-        tracker.end(failed=True)
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
         raise
-    tracker.end()
+    finally:
+        try:
+            tracker.end(status)
+        except Exception as err:  # never hide the error that ended the run
+            log.error("could not close the tracking run: %s", err)
     return metrics
 
 
@@ -79,7 +89,7 @@ def _stages(cfg: DictConfig, env: Environment, reward: RewardModel, optimizer: O
         metrics["preference/pairs"] = len(prefs.pairs)
         run.log(metrics, 0)
         save_demos(ckpt / "demos.npz", prefs.items, prefs.scores)
-        run.tracker.log_artifact(ckpt / "demos.npz", "checkpoints")
+        run.tracker.log_artifact(ckpt, "checkpoints")  # the demonstrations and any learner checkpoints
         log.info("%d demonstrations, true returns %.1f .. %.1f; %d items, %d preference pairs", len(demo_returns),
                  demo_returns.min(), demo_returns.max(), len(prefs.items), len(prefs.pairs))
 
@@ -102,7 +112,7 @@ def _stages(cfg: DictConfig, env: Environment, reward: RewardModel, optimizer: O
                     deterministic=cfg.evaluation.deterministic, desc="evaluation" if run.progress else None)
     eval_returns = returns(trajs)
     final = {"eval/true_return_mean": float(eval_returns.mean()), "eval/true_return_std": float(eval_returns.std())}
-    if prefs is not None:
+    if prefs is not None and np.isfinite(metrics["demos/best_true_return"]):  # unknown for rank-only files
         final["eval/beats_best_demo"] = float(final["eval/true_return_mean"] > metrics["demos/best_true_return"])
     bc_return = run.tracker.last("bc/true_return_mean")  # logged where a BC policy was trained on the way (D-REX)
     if bc_return is not None:
@@ -120,7 +130,8 @@ def _stages(cfg: DictConfig, env: Environment, reward: RewardModel, optimizer: O
                    final["eval/true_return_mean"], name)
     run.tracker.log_artifact(out / "plots", "plots")
     metrics.update(final)
-    for key in ("reward/val_pair_accuracy", "reward/return_correlation"):
+    for key in ("reward/val_pair_accuracy", "reward/return_correlation", "reward/step_offset",
+                "preference/label_agreement", "bc/true_return_mean"):
         if run.tracker.last(key) is not None:
             metrics[key] = run.tracker.last(key)  # type: ignore[assignment]
     summary = "  ".join(f"{k}={v:.3g}" for k, v in metrics.items())
@@ -129,9 +140,13 @@ def _stages(cfg: DictConfig, env: Environment, reward: RewardModel, optimizer: O
     return metrics
 
 
-def hydra_context() -> tuple[dict[str, str], Path, Path | None]:
-    """Group choices, this job's output folder and (in a multirun) the sweep folder."""
+def hydra_context() -> dict:
+    """run_pipeline's keyword arguments from Hydra: group choices, output folder and, in a
+    multirun, the sweep folder and job number; the command line's overrides."""
     hc = HydraConfig.get()
-    choices = {g: str(hc.runtime.choices.get(g)) for g in GROUPS}
-    sweep = Path(hc.sweep.dir) if hc.mode == RunMode.MULTIRUN else None
-    return choices, Path(hc.runtime.output_dir), sweep
+    multirun = hc.mode == RunMode.MULTIRUN
+    return {"choices": {g: str(hc.runtime.choices.get(g)) for g in GROUPS},
+            "output_dir": Path(hc.runtime.output_dir),
+            "sweep_dir": Path(hc.sweep.dir) if multirun else None,
+            "job": int(hc.job.num) if multirun else None,
+            "overrides": " ".join(hc.overrides.task)}

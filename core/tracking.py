@@ -8,6 +8,7 @@ and each job's tracker attaches its run to it.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import math
 import time
@@ -29,8 +30,10 @@ class Tracker:
     def __init__(self) -> None:
         self.history: dict[str, list[tuple[int, float]]] = defaultdict(list)
 
-    def start(self, run_name: str, config: DictConfig, sweep_dir: Path | None = None) -> None:
-        """Begin a run; `sweep_dir` is the Hydra sweep directory of a multirun job, else None."""
+    def start(self, run_name: str, config: DictConfig, sweep_dir: Path | None = None,
+              tags: dict[str, str] | None = None) -> None:
+        """Begin a run; `sweep_dir` is the Hydra sweep directory of a multirun job, else None;
+        `tags` are recorded with it (group choices, overrides)."""
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         for key, value in metrics.items():
@@ -39,8 +42,8 @@ class Tracker:
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         """Store a file (or every file below a folder) with the run."""
 
-    def end(self, failed: bool = False) -> None:
-        """Close the run, marking it FAILED if `failed`."""
+    def end(self, status: str = "FINISHED") -> None:
+        """Close the run with an MLflow status: FINISHED, FAILED or KILLED."""
 
     def start_sweep(self, name: str, sweep_dir: Path) -> None:
         """Begin the parent run of a multirun (called once, before its jobs)."""
@@ -95,8 +98,9 @@ class MlflowTracker(Tracker):
         exp = self.client.get_experiment_by_name(self.experiment_name)
         return exp.experiment_id if exp else self.client.create_experiment(self.experiment_name)
 
-    def start(self, run_name: str, config: DictConfig, sweep_dir: Path | None = None) -> None:
-        tags = {"mlflow.runName": run_name}
+    def start(self, run_name: str, config: DictConfig, sweep_dir: Path | None = None,
+              tags: dict[str, str] | None = None) -> None:
+        tags = {"mlflow.runName": run_name, **(tags or {})}
         parent_file = sweep_dir / PARENT_RUN_FILE if sweep_dir else None
         if parent_file and parent_file.exists():
             tags["mlflow.parentRunId"] = parent_file.read_text().strip()
@@ -128,21 +132,25 @@ class MlflowTracker(Tracker):
         else:
             self.client.log_artifact(self.run_id, str(path), artifact_path)
 
-    def end(self, failed: bool = False) -> None:
+    def end(self, status: str = "FINISHED") -> None:
         if self.run_id is not None:
-            self.client.set_terminated(self.run_id, "FAILED" if failed else "FINISHED")
-            self.run_id = None
+            run_id, self.run_id = self.run_id, None
+            self.client.set_terminated(run_id, status)
 
     def start_sweep(self, name: str, sweep_dir: Path) -> None:
         run = self.client.create_run(self._experiment_id(), run_name=name)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         (sweep_dir / PARENT_RUN_FILE).write_text(run.info.run_id)
         log.info("MLflow parent run %s (%s)", name, run.info.run_id)
+        # Hydra skips on_multirun_end when a job fails; close the parent at exit then.
+        atexit.register(self.end_sweep, sweep_dir, "FAILED")
 
-    def end_sweep(self, sweep_dir: Path) -> None:
+    def end_sweep(self, sweep_dir: Path, status: str = "FINISHED") -> None:
         parent_file = sweep_dir / PARENT_RUN_FILE
         if parent_file.exists():
-            self.client.set_terminated(parent_file.read_text().strip(), "FINISHED")
+            run_id = parent_file.read_text().strip()
+            if self.client.get_run(run_id).info.status == "RUNNING":
+                self.client.set_terminated(run_id, status)
 
 
 class SweepCallback(Callback):

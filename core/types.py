@@ -19,7 +19,8 @@ class Trajectory:
     obs:     (T, *obs_shape) float32, the observation at which each action was taken.
     actions: (T, *action_shape), the actions taken.
     rewards: (T,) float32, the environment's true reward for each step.
-    info:    where the trajectory came from (e.g. {"checkpoint_steps": 20480}).
+    info:    where the trajectory came from (e.g. {"checkpoint_steps": 20480}); "true_return"
+             there stands for the sum of rewards when only the return is known (nan rewards).
     """
 
     obs: np.ndarray
@@ -39,8 +40,8 @@ class Trajectory:
 
     @property
     def true_return(self) -> float:
-        """Undiscounted sum of the true rewards."""
-        return float(np.sum(self.rewards))
+        """Undiscounted sum of the true rewards (or info["true_return"] where only that is known)."""
+        return float(self.info.get("true_return", np.sum(self.rewards)))
 
 
 @dataclass(frozen=True)

@@ -73,6 +73,8 @@ def test_multirun_is_one_parent_with_a_child_per_job(in_tmp: Path) -> None:
     assert len(parents) == 1 and len(children) == 4
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
     assert sorted(r.data.params["seed"] for r in children) == ["0", "0", "1", "1"]
+    assert sorted(r.data.tags["choice.reward"] for r in children) == ["trex", "trex", "true", "true"]
+    assert len({r.info.run_name for r in children}) == 4
     assert all(r.info.status == "FINISHED" for r in runs)
 
 
@@ -91,3 +93,15 @@ def test_garbage_demonstrations_file_is_named_and_the_run_is_kept(in_tmp: Path) 
     [run] = client.search_runs([client.get_experiment_by_name("rexlab").experiment_id])
     assert run.info.status == "FAILED"
     assert "config.yaml" in all_artifacts(client, run.info.run_id)
+
+
+def test_a_failing_sweep_closes_its_parent_run(in_tmp: Path) -> None:
+    result = run_main(["-m", "preference=ranked_demos", "preference.path=missing1.npz,missing2.npz"], in_tmp)
+    assert result.returncode != 0 and "missing1.npz does not exist" in result.stderr
+    client = MlflowClient(f"sqlite:///{in_tmp / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("rexlab").experiment_id])
+    assert runs and all(r.info.status == "FAILED" for r in runs)
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(runs) == 3 and len(children) == 2  # Hydra's basic launcher runs every job, then raises
+    assert {r.info.run_name[-5:] for r in children} == {"-job0", "-job1"}
+    assert all(r.data.tags["choice.preference"] == "ranked_demos" for r in children)

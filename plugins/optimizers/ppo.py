@@ -135,7 +135,6 @@ class PPOModule(L.LightningModule):
         self.ep_learned = np.zeros(hp.num_envs)
         self.ep_len = np.zeros(hp.num_envs, dtype=np.int64)
         self.finished: list[tuple[float, float, int]] = []
-        self.update_stats: dict[str, float] = {}
         self.skip_rest = False
         self.start_time = time.time()
 
@@ -172,9 +171,10 @@ class PPOModule(L.LightningModule):
             logprobs[t], values[t] = dist.log_prob(action), policy.value(x)
             self.next_obs, reward, terminated, truncated, infos = self.envs.step(policy.to_env_action(action))
             true_rewards[t], dones[t] = reward, terminated | truncated
-            if truncated.any():
-                final = np.stack([infos["final_obs"][i] for i in np.flatnonzero(truncated)])
-                bootstrap[t, torch.as_tensor(truncated)] = policy.value(policy.normalize(final))
+            cut = truncated & ~terminated  # a time limit, not a real end: bootstrap from the final state
+            if cut.any():
+                final = np.stack([infos["final_obs"][i] for i in np.flatnonzero(cut)])
+                bootstrap[t, torch.as_tensor(cut)] = policy.value(policy.normalize(final))
         self.env_steps += T * N
         learned = None if self.reward_model.uses_env_reward else (
             self.reward_model.reward(raw_obs.reshape(T * N, *raw_obs.shape[2:])).reshape(T, N))
@@ -203,9 +203,7 @@ class PPOModule(L.LightningModule):
                 self.ep_true[i] = self.ep_learned[i] = self.ep_len[i] = 0
 
     def _log_iteration(self, sps: float) -> None:
-        metrics = {f"train/{k}": v for k, v in self.update_stats.items()}
-        metrics["train/sps"] = self.env_steps / max(time.time() - self.start_time, 1e-9)
-        metrics["train/rollout_sps"] = sps
+        metrics = {"train/sps": self.env_steps / max(time.time() - self.start_time, 1e-9), "train/rollout_sps": sps}
         recent = self.finished[-20:]
         self.recent_return = float(np.mean([r[0] for r in recent])) if recent else float("nan")
         if self.finished:
@@ -245,9 +243,10 @@ class PPOModule(L.LightningModule):
         loss = pg_loss - hp.ent_coef * entropy + hp.vf_coef * v_loss
         if hp.target_kl is not None and stats["approx_kl"] > hp.target_kl:
             self.skip_rest = True
-        self.update_stats = {"policy_loss": pg_loss.item(), "value_loss": v_loss.item(),
-                             "entropy": entropy.item(), "approx_kl": stats["approx_kl"].item(),
-                             "clipfrac": stats["clipfrac"].item()}
+        if within == self.updates_per_iteration - 1:  # the iteration's last minibatch (as CleanRL logs)
+            self.run.log({"train/policy_loss": pg_loss.item(), "train/value_loss": v_loss.item(),
+                          "train/entropy": entropy.item(), "train/approx_kl": stats["approx_kl"].item(),
+                          "train/clipfrac": stats["clipfrac"].item()}, self.env_steps)
         return loss
 
     def on_train_end(self) -> None:

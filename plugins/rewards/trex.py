@@ -15,9 +15,12 @@ Equal-length snippets carry no information about it; whole demonstrations of dif
 rexlab therefore (1) standardises each member over all demonstration states (mean 0, std 1) and
 averages them, and (2) with `fit_offset`, adds the per-step offset b that best explains the ranking
 of the whole demonstrations: a two-parameter Bradley-Terry fit of P(i > j) = sigmoid(a (S_i - S_j)
-+ c (T_i - T_j)), S the standardised learned return and T the length, a >= 0, lightly L2-regularised,
-gives b = c / a. Where all demonstrations have one length, c stays 0. Both steps are rexlab's, not
-the paper's; fit_offset=false gives the plain standardised reward.
++ c (T_i - T_j)), S the standardised learned return and T the length, a >= 0, L2-regularised by
+`offset_l2`, gives b = c / a. Where all demonstrations have one length, c stays 0. Where length
+alone orders every pair (CartPole, whose true return is the length), the fit is separable and b is
+set by `offset_l2`: reward/length_pair_accuracy (the share of pairs that length alone orders right)
+is logged so this is visible. Both steps are rexlab's, not the paper's; fit_offset=false gives the
+plain standardised reward.
 """
 
 from __future__ import annotations
@@ -63,21 +66,24 @@ class EnsembleMLP(nn.Module):
 
 
 def sample_snippet_pairs(prefs: Preferences, n: int, min_len: int, max_len: int,
-                         rng: np.random.Generator) -> np.ndarray:
-    """n snippet pairs (n, 5): better traj, its start, worse traj, its start, length.
+                         rng: np.random.Generator, pairs: np.ndarray | None = None) -> np.ndarray:
+    """n snippet pairs (n, 5): better traj, its start, worse traj, its start, length, from the
+    preference pairs `pairs` (P, 2) (default: all of prefs.pairs).
 
-    The length is drawn in [min_len, max_len] and clipped to both trajectories; the better
-    snippet starts no earlier than the worse one where the better trajectory is long enough.
+    As in the T-REX reference code: the length is drawn in [min_len, max_len] and clipped to both
+    trajectories; the worse snippet starts in [0, shorter length - length], the better one no
+    earlier than that (the progress prior), anywhere it fits in its own trajectory.
     """
-    if len(prefs.pairs) == 0:
+    pairs = prefs.pairs if pairs is None else pairs
+    if len(pairs) == 0:
         raise ValueError("T-REX needs at least one preference pair; the ranking has none")
     lengths = np.array([len(t) for t in prefs.items])
     out = np.zeros((n, 5), dtype=np.int64)
     for k in range(n):
-        i, j = prefs.pairs[rng.integers(len(prefs.pairs))]
+        i, j = pairs[rng.integers(len(pairs))]
         length = min(int(rng.integers(min_len, max_len + 1)), lengths[i], lengths[j])
-        start_j = int(rng.integers(0, lengths[j] - length + 1))
-        start_i = int(rng.integers(min(start_j, lengths[i] - length), lengths[i] - length + 1))
+        start_j = int(rng.integers(0, min(lengths[i], lengths[j]) - length + 1))
+        start_i = int(rng.integers(start_j, lengths[i] - length + 1))
         out[k] = (i, start_i, j, start_j, length)
     return out
 
@@ -107,7 +113,7 @@ class SnippetPairs(Dataset):
         return x, mask
 
 
-def fit_step_offset(learned: np.ndarray, lengths: np.ndarray, pairs: np.ndarray, l2: float = 1e-2) -> float:
+def fit_step_offset(learned: np.ndarray, lengths: np.ndarray, pairs: np.ndarray, l2: float) -> float:
     """The per-step offset b that makes whole-trajectory returns S + b T best explain the
     preferences `pairs` (rows (i, j): i preferred), by a regularised two-parameter logistic fit."""
     d_s = torch.as_tensor(learned[pairs[:, 0]] - learned[pairs[:, 1]], dtype=torch.float64)
@@ -170,9 +176,10 @@ class TREXModule(L.LightningModule):
         return loss
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        returns = snippet_returns(self.net, *batch)
+        returns = snippet_returns(self.net, *batch)  # (M, B, 2); every member sees the same pairs
         self.val_losses.append(F.softplus(returns[..., 1] - returns[..., 0]).mean(0))
-        self.val_correct.append(returns.mean(0).argmax(-1) == 0)  # ensemble vote on summed rewards
+        votes = (returns[..., 0] > returns[..., 1]).float().mean(0)  # members' majority vote, scale-free
+        self.val_correct.append(torch.where(votes == 0.5, 0.5, (votes > 0.5).float()))
 
     def on_validation_epoch_end(self) -> None:
         accuracy = torch.cat(self.val_correct).float().mean()
@@ -214,7 +221,8 @@ class TREX(RewardModel):
     def __init__(self, num_pairs: int = 6000, min_snippet_length: int = 50, max_snippet_length: int = 100,
                  ensemble_size: int = 5, hidden_sizes: Sequence[int] = (256, 256), activation: str = "leaky_relu",
                  lr: float = 5e-5, weight_decay: float = 0.0, batch_size: int = 1, epochs: int = 1,
-                 val_fraction: float = 0.1, val_checks_per_epoch: int = 4, fit_offset: bool = True) -> None:
+                 val_fraction: float = 0.1, val_checks_per_epoch: int = 4, fit_offset: bool = True,
+                 offset_l2: float = 1e-2) -> None:
         if not 1 <= min_snippet_length <= max_snippet_length:
             raise ValueError(f"reward: need 1 <= min_snippet_length ({min_snippet_length}) <= "
                              f"max_snippet_length ({max_snippet_length})")
@@ -222,7 +230,7 @@ class TREX(RewardModel):
         self.ensemble_size, self.hidden_sizes, self.activation = ensemble_size, list(hidden_sizes), activation
         self.lr, self.weight_decay, self.batch_size, self.epochs = lr, weight_decay, batch_size, epochs
         self.val_fraction, self.val_checks = val_fraction, val_checks_per_epoch
-        self.fit_offset = fit_offset
+        self.fit_offset, self.offset_l2 = fit_offset, offset_l2
         self.net: EnsembleMLP | None = None
         self.offset = 0.0
 
@@ -230,12 +238,14 @@ class TREX(RewardModel):
         obs = [torch.as_tensor(t.obs, dtype=torch.float32).reshape(len(t), -1) for t in prefs.items]
         self.net = EnsembleMLP(self.ensemble_size, [obs[0].shape[1], *self.hidden_sizes, 1], self.activation)
         rng = np.random.default_rng(run.seed)
+        train_pairs, val_pairs = self.split(prefs.pairs, rng)
+        train_specs = np.stack([sample_snippet_pairs(prefs, self.num_pairs, self.min_len, self.max_len, rng,
+                                                     train_pairs) for _ in range(self.ensemble_size)])
         n_val = max(1, int(round(self.num_pairs * self.val_fraction)))
-        specs = np.stack([sample_snippet_pairs(prefs, self.num_pairs + n_val, self.min_len, self.max_len, rng)
-                          for _ in range(self.ensemble_size)])
-        max_len = int(specs[..., 4].max())
-        train = SnippetPairs(obs, specs[:, :self.num_pairs], max_len)
-        val = SnippetPairs(obs, specs[:, self.num_pairs:], max_len)
+        val_specs = sample_snippet_pairs(prefs, n_val, self.min_len, self.max_len, rng, val_pairs)
+        max_len = int(max(train_specs[..., 4].max(), val_specs[:, 4].max()))
+        train = SnippetPairs(obs, train_specs, max_len)
+        val = SnippetPairs(obs, np.repeat(val_specs[None], self.ensemble_size, 0), max_len)
         module = TREXModule(self.net, train, val, prefs.items, obs, self.lr, self.weight_decay, self.batch_size)
         steps_per_epoch = math.ceil(self.num_pairs / self.batch_size)
         run.trainer(max_steps=steps_per_epoch * self.epochs, max_epochs=self.epochs,
@@ -244,8 +254,18 @@ class TREX(RewardModel):
         self.mean, self.std = standardise(self.net, torch.cat(obs))
         if self.fit_offset:
             lengths = np.array([len(t) for t in prefs.items], dtype=np.float64)
-            self.offset = fit_step_offset(standardised_returns(self.net, obs), lengths, prefs.pairs)
-            run.log({"reward/step_offset": self.offset}, 0)
+            self.offset = fit_step_offset(standardised_returns(self.net, obs), lengths, prefs.pairs, self.offset_l2)
+            by_length = np.mean(lengths[prefs.pairs[:, 0]] > lengths[prefs.pairs[:, 1]]) if len(prefs.pairs) else 0.0
+            run.log({"reward/step_offset": self.offset, "reward/length_pair_accuracy": float(by_length)}, 0)
+
+    def split(self, pairs: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Hold out `val_fraction` of the preference pairs (at least one, when there are two or
+        more): validation snippets come only from held-out pairs, training snippets never do."""
+        order = rng.permutation(len(pairs))
+        n_val = min(len(pairs) - 1, max(1, int(round(len(pairs) * self.val_fraction))))
+        if n_val < 1:
+            return pairs, pairs
+        return pairs[order[n_val:]], pairs[order[:n_val]]
 
     @torch.no_grad()
     def reward(self, obs: np.ndarray) -> np.ndarray:

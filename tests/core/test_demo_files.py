@@ -47,3 +47,18 @@ def test_inconsistent_arrays_name_the_field(tmp_path) -> None:
     np.savez(tmp_path / "c.npz", obs=np.zeros((6, 4)), lengths=[3, 3])
     with pytest.raises(DemoFileError, match="needs 'rewards', 'returns' or 'ranks'"):
         load_demos(tmp_path / "c.npz")
+
+
+def test_single_arrays_and_empty_archives_are_named(tmp_path) -> None:
+    np.save(tmp_path / "one.npy", np.zeros(3))
+    with pytest.raises(DemoFileError, match=r"one.npy holds a single array"):
+        load_demos(tmp_path / "one.npy")
+    np.savez(tmp_path / "empty.npz", obs=np.zeros((0, 4)), lengths=np.zeros(0, int), returns=np.zeros(0))
+    with pytest.raises(DemoFileError, match=r"empty.npz: 'lengths' must list at least 2"):
+        load_demos(tmp_path / "empty.npz")
+
+
+def test_returns_without_rewards_are_the_true_returns(tmp_path) -> None:
+    np.savez(tmp_path / "r.npz", obs=np.zeros((6, 4)), lengths=[2, 4], returns=[10.0, 3.0])
+    trajs, scores = load_demos(tmp_path / "r.npz")
+    assert [t.true_return for t in trajs] == [10.0, 3.0]

@@ -75,13 +75,13 @@ def test_step_offset_follows_what_whole_demonstrations_say_about_length() -> Non
     learned = np.zeros(4)  # the snippet reward says nothing; only length separates the demos
     lengths = np.array([10.0, 20.0, 30.0, 40.0])
     longer_better = np.array([[j, i] for i in range(4) for j in range(i + 1, 4)])
-    assert fit_step_offset(learned, lengths, longer_better) > 0
-    assert fit_step_offset(learned, lengths, longer_better[:, ::-1]) < 0
-    assert fit_step_offset(learned, np.full(4, 25.0), longer_better) == 0.0
+    assert fit_step_offset(learned, lengths, longer_better, 1e-2) > 0
+    assert fit_step_offset(learned, lengths, longer_better[:, ::-1], 1e-2) < 0
+    assert fit_step_offset(learned, np.full(4, 25.0), longer_better, 1e-2) == 0.0
 
 
 def test_step_offset_is_small_when_learned_returns_already_explain_the_ranking() -> None:
     learned = np.array([0.0, 10.0, 20.0, 30.0])
     lengths = np.array([40.0, 30.0, 20.0, 10.0])  # shorter demos are better, and learned return says so
     better_first = np.array([[j, i] for i in range(4) for j in range(i + 1, 4)])
-    assert abs(fit_step_offset(learned, lengths, better_first)) < 1.0
+    assert abs(fit_step_offset(learned, lengths, better_first, 1e-2)) < 1.0
