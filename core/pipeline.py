@@ -82,13 +82,13 @@ def _stages(cfg: DictConfig, env: Environment, reward: RewardModel, optimizer: O
     if source is not None:
         log.info("stage 1/4: demonstrations and preferences (%s)", type(source).__name__)
         prefs = source.gather(env, run)
-        demo_returns = returns(prefs.demonstrations or prefs.items)
+        demo_returns = returns(prefs.demos)
         metrics["demos/best_true_return"] = float(np.max(demo_returns))
         metrics["demos/mean_true_return"] = float(np.mean(demo_returns))
         metrics["demos/count"] = len(demo_returns)
         metrics["preference/pairs"] = len(prefs.pairs)
         run.log(metrics, 0)
-        save_demos(ckpt / "demos.npz", prefs.items, prefs.scores)
+        save_demos(ckpt / "demos.npz", prefs.demos, prefs.scores if prefs.demonstrations is None else None)
         run.tracker.log_artifact(ckpt, "checkpoints")  # the demonstrations and any learner checkpoints
         log.info("%d demonstrations, true returns %.1f .. %.1f; %d items, %d preference pairs", len(demo_returns),
                  demo_returns.min(), demo_returns.max(), len(prefs.items), len(prefs.pairs))
@@ -119,10 +119,10 @@ def _stages(cfg: DictConfig, env: Environment, reward: RewardModel, optimizer: O
         final["eval/beats_bc"] = float(final["eval/true_return_mean"] > bc_return)
     best_demo = metrics.get("demos/best_true_return")
     if prefs is not None and not reward.uses_env_reward:
-        demo_learned, eval_learned = returns(prefs.items, reward), returns(trajs, reward)
-        final["eval/return_correlation"] = pearson(np.concatenate([returns(prefs.items), eval_returns]),
+        demo_learned, eval_learned = returns(prefs.demos, reward), returns(trajs, reward)
+        final["eval/return_correlation"] = pearson(np.concatenate([demo_returns, eval_returns]),
                                                    np.concatenate([demo_learned, eval_learned]))
-        reward_extrapolation(out / "plots" / "reward_extrapolation.png", returns(prefs.items), demo_learned,
+        reward_extrapolation(out / "plots" / "reward_extrapolation.png", demo_returns, demo_learned,
                              eval_returns, eval_learned, name)
     steps = run.tracker.history["train/true_return"][-1][0] if run.tracker.history.get("train/true_return") else 0
     run.log(final, steps)

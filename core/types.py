@@ -89,6 +89,11 @@ class Preferences:
         ]
         return cls(items=items, pairs=np.array(pairs, dtype=np.int64).reshape(-1, 2), scores=scores)
 
+    @property
+    def demos(self) -> list[Trajectory]:
+        """The demonstrations: `demonstrations` where given, else the items themselves."""
+        return self.demonstrations if self.demonstrations is not None else self.items
+
     def best_first(self, count: int | None = None) -> list[Trajectory]:
         """The `count` best items by score (all if None), best first; source order without scores."""
         order = np.arange(len(self.items)) if self.scores is None else np.argsort(-self.scores, kind="stable")

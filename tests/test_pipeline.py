@@ -105,3 +105,14 @@ def test_a_failing_sweep_closes_its_parent_run(in_tmp: Path) -> None:
     assert len(runs) == 3 and len(children) == 2  # Hydra's basic launcher runs every job, then raises
     assert {r.info.run_name[-5:] for r in children} == {"-job0", "-job1"}
     assert all(r.data.tags["choice.preference"] == "ranked_demos" for r in children)
+
+
+def test_sources_with_fragments_report_the_demonstrations_behind_them(in_tmp: Path) -> None:
+    cfg, choices = compose_with_choices("experiment=debug", "progress=false", "tracking=none",
+                                        "preference=synthetic")
+    metrics = run_pipeline(cfg, choices, in_tmp / "out")
+    with np.load(in_tmp / "out" / "checkpoints" / "demos.npz") as demos:
+        lengths = demos["lengths"]
+    assert len(lengths) == metrics["demos/count"] < cfg.preference.num_queries  # not the 2 x 300 fragments
+    assert lengths.max() > cfg.preference.fragment_length
+    assert abs(metrics["preference/label_agreement"] - 0.72) < 0.1
