@@ -1,4 +1,4 @@
-"""Data types shared by every stage: trajectories, snippets, preferences.
+"""Data types shared by every stage: trajectories (and their snippets), preferences.
 
 Shapes use T for time steps, N for items and P for preference pairs.
 """
@@ -38,19 +38,18 @@ class Trajectory:
     def __len__(self) -> int:
         return len(self.rewards)
 
+    def snippet(self, start: int, length: int) -> Trajectory:
+        """Steps [start, start + length) as a trajectory of their own (info notes where they came from)."""
+        if not 0 <= start <= start + length <= len(self):
+            raise ValueError(f"snippet [{start}, {start + length}) outside a trajectory of {len(self)} steps")
+        window = slice(start, start + length)
+        info = {k: v for k, v in self.info.items() if k != "true_return"} | {"start": start}
+        return Trajectory(self.obs[window], self.actions[window], self.rewards[window], info)
+
     @property
     def true_return(self) -> float:
         """Undiscounted sum of the true rewards (or info["true_return"] where only that is known)."""
         return float(self.info.get("true_return", np.sum(self.rewards)))
-
-
-@dataclass(frozen=True)
-class Snippet:
-    """A contiguous piece of trajectory `traj`: steps [start, start + length)."""
-
-    traj: int
-    start: int
-    length: int
 
 
 @dataclass

@@ -84,10 +84,9 @@ class SyntheticLabeler(PreferenceSource):
         for k in rng.integers(len(trajs), size=2 * self.num_queries):
             traj = trajs[k]
             length = min(self.fragment_length, len(traj))
-            start = int(rng.integers(len(traj) - length + 1))
-            window = slice(start, start + length)
-            out.append(Trajectory(traj.obs[window], traj.actions[window], traj.rewards[window],
-                                  {**traj.info, "fragment_of": int(k), "start": start}))
+            fragment = traj.snippet(int(rng.integers(len(traj) - length + 1)), length)
+            fragment.info["fragment_of"] = int(k)
+            out.append(fragment)
         return out
 
     def gather(self, env: Environment, run: RunContext) -> Preferences:

@@ -28,3 +28,12 @@ def test_mismatched_arrays_are_refused() -> None:
         Trajectory(np.zeros((3, 2)), np.zeros(2), np.zeros(3))
     with pytest.raises(ValueError, match="out of range"):
         Preferences([traj(2)], np.array([[0, 1]]))
+
+
+def test_a_snippet_is_a_window_of_the_trajectory() -> None:
+    t = Trajectory(np.arange(10, dtype=np.float32).reshape(5, 2), np.arange(5), np.arange(5, dtype=np.float32))
+    s = t.snippet(1, 3)
+    np.testing.assert_array_equal(s.rewards, [1, 2, 3])
+    assert s.true_return == 6 and s.info["start"] == 1
+    with pytest.raises(ValueError, match="outside a trajectory of 5 steps"):
+        t.snippet(3, 3)
