@@ -42,12 +42,17 @@ def majority_correct(p: np.ndarray) -> np.ndarray:
     return wins + 0.5 * count[:, votes * 2 == p.shape[1]].sum(1)
 
 
+def annotator_scales(scale: float, factors: np.ndarray, noise: str) -> np.ndarray:
+    """Each annotator's temperature or flip rate: the shared scale times its factor (flip rates
+    capped at 0.5, where a label carries no information)."""
+    return np.minimum(scale * factors, 0.5) if noise == "flip" else scale * factors
+
+
 def calibrate(gaps: np.ndarray, factors: np.ndarray, target: float, noise: str) -> float:
     """The shared scale s (annotator k uses s * factors[k]) whose expected majority agreement over
     the pairs with true-return gaps `gaps` equals `target`, by bisection (agreement falls with s)."""
     def agreement(scale: float) -> float:
-        scales = np.minimum(scale * factors, 0.5) if noise == "flip" else scale * factors
-        p = np.stack([correct_probability(gaps, s, noise) for s in scales], 1)
+        p = np.stack([correct_probability(gaps, s, noise) for s in annotator_scales(scale, factors, noise)], 1)
         return float(majority_correct(p).mean())
 
     lo, hi = 0.0, (0.5 / factors.max() if noise == "flip" else 1.0)
@@ -100,7 +105,7 @@ class SyntheticLabeler(PreferenceSource):
         gaps = np.abs(first - second)[informative]
         factors = np.exp(rng.normal(0.0, self.spread, self.annotators)) if self.annotators > 1 else np.ones(1)
         scale = calibrate(gaps, factors, self.agreement, self.noise)
-        scales = np.minimum(scale * factors, 0.5) if self.noise == "flip" else scale * factors
+        scales = annotator_scales(scale, factors, self.noise)
         better_first = first > second
         gaps_all = np.abs(first - second)
         votes = np.stack([rng.random(len(gaps_all)) < correct_probability(gaps_all, s, self.noise) for s in scales], 1)

@@ -12,7 +12,13 @@ from core.tracking import NullTracker
 from core.types import Trajectory
 from plugins.envs.gym import GymEnv
 from plugins.preferences.ranked_demos import RankedDemos
-from plugins.preferences.synthetic import SyntheticLabeler, calibrate, correct_probability, majority_correct
+from plugins.preferences.synthetic import (
+    SyntheticLabeler,
+    annotator_scales,
+    calibrate,
+    correct_probability,
+    majority_correct,
+)
 
 
 def test_majority_vote_probability_is_exact() -> None:
@@ -29,8 +35,7 @@ def test_calibration_meets_the_target_in_expectation(noise: str, annotators: int
     gaps = np.random.default_rng(0).exponential(30.0, 500) + 1e-3
     factors = np.exp(np.random.default_rng(1).normal(0, 0.5, annotators)) if annotators > 1 else np.ones(1)
     scale = calibrate(gaps, factors, 0.72, noise)
-    scales = np.minimum(scale * factors, 0.5) if noise == "flip" else scale * factors
-    p = np.stack([correct_probability(gaps, s, noise) for s in scales], 1)
+    p = np.stack([correct_probability(gaps, s, noise) for s in annotator_scales(scale, factors, noise)], 1)
     assert majority_correct(p).mean() == pytest.approx(0.72, abs=1e-4)
 
 
