@@ -34,6 +34,7 @@ from gymnasium.vector import AutoresetMode
 
 from core.evaluation import pearson
 from core.interfaces import Environment, Policy, RewardModel
+from core.jsonl import exact_fields, json_object, read_jsonl, text_field
 from core.run import RunContext
 from plugins.policies.lm import SMOLLM2, load_tokenizer
 from plugins.policies.text import PAD_OBS, TextPolicy
@@ -51,33 +52,14 @@ class PromptFileError(ValueError):
 def read_prompts(path: str | Path) -> list[str]:
     """A JSONL file of {"prompt": str} lines (blank lines skipped) -> the prompts. Raises PromptFileError
     listing every malformed line as FILE:LINE: field 'prompt': problem."""
-    path = Path(path)
-    if not path.is_file():
-        raise PromptFileError(f"env.prompts {path}: no such file")
-    prompts, errors = [], []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            errors.append(f"{path}:{number}: not valid JSON ({err.msg} at column {err.colno})")
-            continue
-        if not isinstance(record, dict):
-            errors.append(f"{path}:{number}: line: must be a JSON object {{\"prompt\": ...}}")
-        elif set(record) != {"prompt"}:
-            bad = sorted(set(record) - {"prompt"}) or ["prompt"]
-            errors.append(f"{path}:{number}: field '{bad[0]}': " + ("missing" if bad == ["prompt"] else "unknown"))
-        elif not isinstance(record["prompt"], str) or not record["prompt"].strip():
-            errors.append(f"{path}:{number}: field 'prompt': must be a non-empty string")
-        else:
-            prompts.append(record["prompt"])
-    if errors:
-        raise PromptFileError(f"env.prompts {path}: {len(errors)} malformed line(s):\n  " + "\n  ".join(errors[:20]))
-    if len(prompts) < 2:
-        raise PromptFileError(f"env.prompts {path}: needs at least 2 prompts (training and held out), "
-                              f"has {len(prompts)}")
-    return prompts
+
+    def parse(value: Any, line: int) -> str:
+        record = json_object(value, '{"prompt": ...}')
+        exact_fields(record, ("prompt",))
+        return text_field(record, "prompt")
+
+    return read_jsonl(path, "env.prompts", parse, PromptFileError, minimum=2,
+                      needs="at least 2 prompts (training and held out)")
 
 
 class TokenMDP(gym.Env):

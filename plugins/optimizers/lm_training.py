@@ -17,7 +17,6 @@ Data: policy.path, or the bundled files for the default task (plugins/data/): re
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from core.interfaces import Capabilities, Environment, IterationCallback, Optimizer, Policy, RewardModel
+from core.jsonl import exact_fields, json_object, read_jsonl, text_field
 from core.run import RunContext
 from core.types import Trajectory
 from plugins.envs.text import DATA, TextEnv
@@ -49,37 +49,16 @@ class DataFileError(ValueError):
 
 
 def read_demonstrations(path: Path) -> list[tuple[str, str]]:
-    """JSONL {"prompt": str, "response": str} lines (blank lines skipped) -> (prompt, response) pairs."""
-    if not path.is_file():
-        raise DataFileError(f"policy.path {path}: no such file")
-    out, errors = [], []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            errors.append(f"{path}:{number}: not valid JSON ({err.msg} at column {err.colno})")
-            continue
-        if not isinstance(record, dict):
-            errors.append(f"{path}:{number}: line: must be a JSON object")
-            continue
-        problems = [f"field '{f}': unknown" for f in sorted(set(record) - {"prompt", "response"})]
-        problems += [f"field '{f}': missing" for f in ("prompt", "response") if f not in record]
-        problems += [f"field '{f}': must be a string" for f in ("prompt", "response")
-                     if f in record and not isinstance(record[f], str)]
-        if not problems and not record["response"].strip():
-            problems.append("field 'response': empty")
-        if problems:
-            errors.append(f"{path}:{number}: {problems[0]}")
-        else:
-            out.append((record["prompt"], record["response"]))
-    if errors:
-        raise DataFileError(f"policy.path {path}: {len(errors)} malformed line(s):\n  " + "\n  ".join(errors[:20]))
-    if len(out) < 2:
-        raise DataFileError(f"policy.path {path}: needs at least 2 demonstrations (training and held out), "
-                            f"has {len(out)}")
-    return out
+    """JSONL {"prompt": str, "response": str} lines (blank lines skipped) -> (prompt, response) pairs.
+    Raises DataFileError listing every malformed line as FILE:LINE: field 'NAME': problem."""
+
+    def parse(value: Any, line: int) -> tuple[str, str]:
+        record = json_object(value, '{"prompt": ..., "response": ...}')
+        exact_fields(record, ("prompt", "response"))
+        return text_field(record, "prompt", allow_empty=True), text_field(record, "response")
+
+    return read_jsonl(path, "policy.path", parse, DataFileError, minimum=2,
+                      needs="at least 2 demonstrations (training and held out)")
 
 
 def read_corpus(path: Path) -> list[str]:

@@ -24,38 +24,16 @@ from typing import Any
 import numpy as np
 
 from core.interfaces import Capabilities, Environment, PreferenceSource
+from core.jsonl import RecordError, check_text, read_jsonl, text_field
 from core.run import RunContext
 from core.types import Preferences, Response
 
 PAIR_FIELDS = {"prompt", "chosen", "rejected", "annotator", "margin"}
 RANKING_FIELDS = {"prompt", "responses", "ranking", "correction", "annotator"}
-SHOWN_ERRORS = 20  # malformed lines listed in the message (all are counted)
 
 
 class PreferenceFileError(ValueError):
     """A preference file that cannot be read whole; the message names file, line and field."""
-
-
-class LineError(Exception):
-    """One problem in one line: the field it concerns (None for the line as a whole) and what."""
-
-    def __init__(self, field: str | None, problem: str) -> None:
-        super().__init__(problem)
-        self.field, self.problem = field, problem
-
-
-def _text(record: dict[str, Any], field: str, allow_empty: bool = False) -> str:
-    if field not in record:
-        raise LineError(field, "missing")
-    return _check_text(record[field], field, allow_empty)
-
-
-def _check_text(value: Any, field: str, allow_empty: bool = False) -> str:
-    if not isinstance(value, str):
-        raise LineError(field, f"must be a string, got {type(value).__name__} {json.dumps(value)[:40]}")
-    if not allow_empty and not value.strip():
-        raise LineError(field, "empty")
-    return value
 
 
 def _metadata(record: dict[str, Any]) -> dict[str, Any]:
@@ -63,67 +41,67 @@ def _metadata(record: dict[str, Any]) -> dict[str, Any]:
     if "annotator" in record:
         annotator = record["annotator"]
         if isinstance(annotator, bool) or not isinstance(annotator, str | int):
-            raise LineError("annotator", f"must be a string or an integer, got {type(annotator).__name__}")
+            raise RecordError("annotator", f"must be a string or an integer, got {type(annotator).__name__}")
         info["annotator"] = annotator
     if "margin" in record:
         margin = record["margin"]
         if isinstance(margin, bool) or not isinstance(margin, int | float) or not math.isfinite(margin):
-            raise LineError("margin", f"must be a finite number, got {json.dumps(margin)[:40]}")
+            raise RecordError("margin", f"must be a finite number, got {json.dumps(margin)[:40]}")
         info["margin"] = float(margin)
     return info
 
 
 def _ranking(record: dict[str, Any], count: int) -> list[int]:
     if "ranking" not in record:
-        raise LineError("ranking", "missing")
+        raise RecordError("ranking", "missing")
     ranking = record["ranking"]
     if not isinstance(ranking, list) or any(isinstance(r, bool) or not isinstance(r, int) for r in ranking):
-        raise LineError("ranking", f"must be a list of response indices (integers), got {json.dumps(ranking)[:60]}")
+        raise RecordError("ranking", f"must be a list of response indices (integers), got {json.dumps(ranking)[:60]}")
     if sorted(ranking) != list(range(count)):
         missing = sorted(set(range(count)) - set(ranking))
         extra = sorted({r for r in ranking if not 0 <= r < count} | {r for r in ranking if ranking.count(r) > 1})
         detail = "; ".join(part for part in (f"missing {missing}" if missing else "",
                                              f"out of range or repeated {extra}" if extra else "") if part)
-        raise LineError("ranking", f"must order each of the {count} responses once (a permutation of "
+        raise RecordError("ranking", f"must order each of the {count} responses once (a permutation of "
                                    f"0..{count - 1}, best first), got {ranking}: {detail}")
     return ranking
 
 
 def parse_record(record: Any, line: int) -> tuple[list[Response], list[tuple[int, int]]]:
     """One line's object -> its responses and pairs (i, j) (i preferred, indices into the responses).
-    Raises LineError naming the field at fault."""
+    Raises RecordError naming the field at fault."""
     if not isinstance(record, dict):
-        raise LineError(None, f"must be a JSON object, got {type(record).__name__}")
+        raise RecordError(None, f"must be a JSON object, got {type(record).__name__}")
     is_pair = "chosen" in record or "rejected" in record
     is_ranking = "responses" in record or "ranking" in record
     if is_pair and is_ranking:
-        raise LineError(None, "mixes a pair's fields (chosen, rejected) with a ranking's (responses, ranking)")
+        raise RecordError(None, "mixes a pair's fields (chosen, rejected) with a ranking's (responses, ranking)")
     if not is_pair and not is_ranking:
-        raise LineError("chosen", "missing: a line is a pair {prompt, chosen, rejected} or a ranking "
+        raise RecordError("chosen", "missing: a line is a pair {prompt, chosen, rejected} or a ranking "
                                   "{prompt, responses, ranking}")
     allowed = PAIR_FIELDS if is_pair else RANKING_FIELDS
     unknown = sorted(set(record) - allowed)
     if unknown:
-        raise LineError(unknown[0], f"unknown here; a {'pair' if is_pair else 'ranking'} line has "
+        raise RecordError(unknown[0], f"unknown here; a {'pair' if is_pair else 'ranking'} line has "
                                     f"{', '.join(sorted(allowed))}")
-    prompt = _text(record, "prompt", allow_empty=True)
+    prompt = text_field(record, "prompt", allow_empty=True)
     info = {"line": line} | _metadata(record)
     if is_pair:
-        chosen, rejected = _text(record, "chosen"), _text(record, "rejected")
+        chosen, rejected = text_field(record, "chosen"), text_field(record, "rejected")
         return [Response(prompt, chosen, info=dict(info)), Response(prompt, rejected, info=dict(info))], [(0, 1)]
 
     if "responses" not in record:
-        raise LineError("responses", "missing")
+        raise RecordError("responses", "missing")
     texts = record["responses"]
     if not isinstance(texts, list) or len(texts) < 2:
-        raise LineError("responses", f"must be a list of at least 2 strings, got {json.dumps(texts)[:60]}")
-    texts = [_check_text(t, f"responses[{k}]") for k, t in enumerate(texts)]
+        raise RecordError("responses", f"must be a list of at least 2 strings, got {json.dumps(texts)[:60]}")
+    texts = [check_text(t, f"responses[{k}]") for k, t in enumerate(texts)]
     ranking = _ranking(record, len(texts))
     correction = record.get("correction", False)
     if not isinstance(correction, bool):
-        raise LineError("correction", f"must be true or false, got {json.dumps(correction)[:40]}")
+        raise RecordError("correction", f"must be true or false, got {json.dumps(correction)[:40]}")
     if correction and ranking[0] != 0:
-        raise LineError("ranking", f"a correction's responses[0] is the corrected response and must be ranked "
+        raise RecordError("ranking", f"a correction's responses[0] is the corrected response and must be ranked "
                                    f"first, got ranking[0] = {ranking[0]}")
     responses = [Response(prompt, t, info=dict(info)) for t in texts]
     if correction:
@@ -135,41 +113,13 @@ def parse_record(record: Any, line: int) -> tuple[list[Response], list[tuple[int
 def read_preference_file(path: str | Path) -> Preferences[Response]:
     """Every line of a JSONL preference file -> Preferences over its responses (scores None: responses to
     different prompts share no scale). Raises PreferenceFileError listing every malformed line."""
-    path = Path(path)
-    if not path.is_file():
-        raise PreferenceFileError(f"preference.path {path}: no such file")
+    lines = read_jsonl(path, "preference.path", parse_record, PreferenceFileError, needs="at least 1 preference",
+                       hint=" (formats: README.md, 'Preference files')")
     items: list[Response] = []
     pairs: list[tuple[int, int]] = []
-    errors: list[str] = []
-    with path.open("rb") as lines:
-        for number, raw in enumerate(lines, start=1):
-            try:
-                text = raw.decode("utf-8").lstrip("\ufeff" if number == 1 else "")
-            except UnicodeDecodeError as err:
-                errors.append(f"{path}:{number}: not UTF-8 text ({err.reason} at byte {err.start})")
-                continue
-            if not text.strip():
-                continue
-            try:
-                record = json.loads(text)
-            except json.JSONDecodeError as err:
-                errors.append(f"{path}:{number}: not valid JSON ({err.msg} at column {err.colno})")
-                continue
-            try:
-                responses, local = parse_record(record, number)
-            except LineError as err:
-                where = f"field '{err.field}'" if err.field else "line"
-                errors.append(f"{path}:{number}: {where}: {err.problem}")
-                continue
-            pairs.extend((i + len(items), j + len(items)) for i, j in local)
-            items.extend(responses)
-    if errors:
-        shown = "\n  ".join(errors[:SHOWN_ERRORS])
-        more = f"\n  ... and {len(errors) - SHOWN_ERRORS} more" if len(errors) > SHOWN_ERRORS else ""
-        raise PreferenceFileError(f"preference.path {path}: {len(errors)} malformed line(s), nothing was read "
-                                  f"(formats: README.md, 'Preference files'):\n  {shown}{more}")
-    if not items:
-        raise PreferenceFileError(f"preference.path {path}: the file holds no preferences (empty or only blank lines)")
+    for responses, local in lines:
+        pairs.extend((i + len(items), j + len(items)) for i, j in local)
+        items.extend(responses)
     return Preferences(items=items, pairs=np.array(pairs, dtype=np.int64).reshape(-1, 2))
 
 

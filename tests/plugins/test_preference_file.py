@@ -98,7 +98,7 @@ def test_bytes_that_are_not_utf8_are_named_by_line(tmp_path: Path) -> None:
 def test_a_missing_or_empty_file_is_refused(tmp_path: Path) -> None:
     with pytest.raises(PreferenceFileError, match="no such file"):
         read_preference_file(tmp_path / "nope.jsonl")
-    with pytest.raises(PreferenceFileError, match="holds no preferences"):
+    with pytest.raises(PreferenceFileError, match="needs at least 1 preference, has 0"):
         read_preference_file(write(tmp_path, "", "  "))
 
 

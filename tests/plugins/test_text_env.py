@@ -42,12 +42,15 @@ def test_a_malformed_prompt_file_names_file_line_and_field(tmp_path: Path) -> No
     path = tmp_path / "prompts.jsonl"
     path.write_text(json.dumps({"prompt": "ok"}) + "\n\n" + json.dumps({"text": "x"}) + "\n{bad\n"
                     + json.dumps({"prompt": ""}) + "\n")
+    with path.open("ab") as f:
+        f.write(b'{"prompt": "caf\xe9"}\n')  # Latin-1, not UTF-8
     with pytest.raises(PromptFileError) as err:
         read_prompts(path)
     message = str(err.value)
     assert f"{path}:3: field 'text': unknown" in message
     assert f"{path}:4: not valid JSON" in message
-    assert f"{path}:5: field 'prompt': must be a non-empty string" in message
+    assert f"{path}:5: field 'prompt': empty" in message
+    assert f"{path}:6: not UTF-8 text" in message and "nothing was read" in message
 
 
 def test_the_token_mdp_appends_tokens_and_pays_the_gold_reward_at_the_end(env: TextEnv) -> None:
