@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from hydra.utils import get_class
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from core.interfaces import Capabilities, Environment
 
@@ -77,6 +78,40 @@ def check_compatible(env: Environment, choices: dict[str, str], classes: dict[st
                 f"{group}={choices[group]} learns from demonstrations, but preference={choices['preference']} "
                 f"provides none; use preference={','.join(good)}." + "".join(
                     f" {note}" for note in classes[group].capabilities.notes))
+
+
+HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
+
+
+def _unknown_fields(node: DictConfig, key: str) -> list[str]:
+    """Config keys under `key` (a node with a `_target_`, and the nodes with one inside it) that the class
+    it builds does not take."""
+    cls = plugin_class(node)
+    params = inspect.signature(cls).parameters.values()
+    unknown: list[str] = []
+    if not any(p.kind == p.VAR_KEYWORD for p in params):
+        names = {p.name for p in params}
+        unknown = [f"{key}.{k}" for k in map(str, node) if k not in HYDRA_KEYS and k not in names]
+    for k in map(str, node):
+        child = node.get(k) if k not in HYDRA_KEYS else None
+        if isinstance(child, DictConfig) and OmegaConf.select(child, "_target_"):
+            unknown += _unknown_fields(child, f"{key}.{k}")
+    return unknown
+
+
+def check_fields(cfg: DictConfig, choices: dict[str, str], groups: tuple[str, ...]) -> None:
+    """Refuse config keys a plugin does not take (say, a T-REX preset's `reward.num_pairs` with
+    reward=true) before anything is built, naming the keys, the option and the preset that set them."""
+    for group in groups:
+        unknown = _unknown_fields(cfg[group], group)
+        if not unknown:
+            continue
+        cls = plugin_class(cfg[group]).__name__
+        preset = choices.get("experiment")
+        source = (f" experiment={preset} sets them for another {group} option; drop the preset and set what you "
+                  f"need directly (e.g. policy.total_timesteps=...)." if preset and preset != "None" else "")
+        raise IncompatibleError(f"{group}={choices[group]} ({cls}) takes no field(s) {', '.join(unknown)}.{source}"
+                                f" The fields each option takes are in conf/{group}/{choices[group]}.yaml.")
 
 
 def _check_online(choices: dict[str, str], classes: dict[str, Any]) -> None:

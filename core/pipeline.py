@@ -18,7 +18,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from core.compat import check_compatible, plugin_class
+from core.compat import check_compatible, check_fields, plugin_class
 from core.demo_files import save_demos
 from core.evaluation import pearson, returns, rollout
 from core.interfaces import Environment, Optimizer, Policy, PreferenceSource, RewardModel
@@ -42,6 +42,7 @@ def run_pipeline(cfg: DictConfig, choices: dict[str, str], output_dir: Path, swe
     """
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     torch.use_deterministic_algorithms(True)
+    check_fields(cfg, choices, GROUPS)
     env: Environment = instantiate(cfg.env)
     check_compatible(env, choices, {g: plugin_class(cfg[g]) for g in GROUPS if g != "env"})
     reward: RewardModel = instantiate(cfg.reward)
@@ -180,7 +181,7 @@ def hydra_context() -> dict:
     multirun, the sweep folder and job number; the command line's overrides."""
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
-    return {"choices": {g: str(hc.runtime.choices.get(g)) for g in GROUPS},
+    return {"choices": {g: str(hc.runtime.choices.get(g)) for g in (*GROUPS, "experiment")},
             "output_dir": Path(hc.runtime.output_dir),
             "sweep_dir": Path(hc.sweep.dir) if multirun else None,
             "job": int(hc.job.num) if multirun else None,

@@ -7,7 +7,7 @@ from hydra.errors import MissingConfigException
 from hydra.utils import instantiate
 
 from core.cli import quote_bool_choices
-from core.compat import CONF_DIR, options_of
+from core.compat import CONF_DIR, IncompatibleError, check_fields, options_of
 from core.interfaces import Environment, Optimizer, PreferenceSource, RewardModel
 from core.tracking import Tracker
 from tests.conftest import compose_config
@@ -28,6 +28,7 @@ def test_every_option_composes_and_instantiates(group: str, option: str, experim
     if group == "preference" and option in ("ranked_demos", "file"):
         overrides.append(f"preference.path={tmp_path / 'data'}")  # read at gather time, not here
     cfg = compose_config(*overrides)
+    check_fields(cfg, {group: option}, (group,))  # every key the option's file sets is a field of its class
     obj = instantiate(cfg[group])
     assert isinstance(obj, KINDS[group])
 
@@ -37,6 +38,7 @@ def test_per_env_settings_compose_with_every_option(group: str, tmp_path) -> Non
     for option in [o for g, o in all_options() if g == group]:
         extra = [f"preference.path={tmp_path / 'demos.npz'}"] if option in ("ranked_demos", "file") else []
         cfg = compose_config("env=atari", f"{group}={option}", *extra)
+        check_fields(cfg, {group: option}, (group,))
         assert isinstance(instantiate(cfg[group]), KINDS[group]), option
 
 
@@ -44,6 +46,7 @@ def test_per_env_settings_compose_with_every_option(group: str, tmp_path) -> Non
 def test_every_preset_composes_and_its_parts_instantiate(preset: str) -> None:
     cfg = compose_config(f"experiment={preset}")
     for group in ("reward", "preference", "policy"):
+        check_fields(cfg, {group: "preset", "experiment": preset}, (group,))
         assert isinstance(instantiate(cfg[group]), KINDS[group])
 
 
@@ -100,6 +103,16 @@ def test_a_misspelt_ppo_field_is_named() -> None:
 
     with pytest.raises(Exception, match="learning_rat"):
         PPO({"learning_rat": 0.1})
+
+
+def test_a_key_the_option_does_not_take_is_named_with_the_preset_that_set_it() -> None:
+    cfg = compose_config("experiment=trex_mujoco_cpu", "env=hopper", "reward='true'")
+    with pytest.raises(IncompatibleError, match=r"reward=true \(EnvReward\) takes no field\(s\) reward.ensemble_size, "
+                                                r"reward.num_pairs.*experiment=trex_mujoco_cpu sets them"):
+        check_fields(cfg, {"reward": "true", "experiment": "trex_mujoco_cpu"}, ("reward",))
+    nested = compose_config("preference=synthetic", "+preference.rollouts.checkpoint_evry=5")
+    with pytest.raises(IncompatibleError, match=r"preference.rollouts.checkpoint_evry"):  # inside a nested plugin
+        check_fields(nested, {"preference": "synthetic"}, ("preference",))
 
 
 def test_drex_takes_the_trex_fields_and_a_bc_cloner() -> None:
