@@ -25,7 +25,7 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/mypy core plugins main.py
 
-# bench: the `bench` extra (stable-baselines3, the peer; never a runtime dependency), then PPO throughput
+# bench: the `bench` extra (the peers stable-baselines3 and trl; never runtime dependencies), then the benchmarks
 bench: setup $(VENV)/.bench-installed
 	$(BIN)/python bench/ppo_vs_sb3.py --env halfcheetah
 	$(BIN)/python bench/ppo_vs_sb3.py --env atari
