@@ -78,6 +78,9 @@ def test_debug_shrinks_budgets_only_where_the_option_has_them() -> None:
     assert debug.policy.total_timesteps < full.policy.total_timesteps
     assert debug.reward.num_pairs < full.reward.num_pairs
     assert "num_pairs" not in compose_config("experiment=debug", "reward=true").reward
+    atari = compose_config("env=atari", "reward=drex", "preference=noise_injection", "experiment=debug")
+    assert (atari.reward.ensemble_size, atari.reward.num_pairs, atari.policy.total_timesteps) == (1, 64, 2048)
+    assert atari.preference.demonstrations.learner.total_timesteps == 2048  # the CNN's smaller debug budget
 
 
 def test_env_tuned_ppo_settings_follow_the_env() -> None:
