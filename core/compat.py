@@ -80,38 +80,81 @@ def check_compatible(env: Environment, choices: dict[str, str], classes: dict[st
                     f" {note}" for note in classes[group].capabilities.notes))
 
 
+ABLE = {"calls_back": "hands its current policy to a callback while it trains (for checkpoints)",
+        "provides_demonstrations": "provides whole demonstration trajectories",
+        "needs_demonstrations": "learns a policy from demonstrations (behavioral cloning)"}
+
+
+def check_nested(cfg: DictConfig, env: Environment, choices: dict[str, str], groups: tuple[str, ...]) -> None:
+    """The plugins configured inside others (preference.learner, reward.cloner, ...): each must work with
+    the env, and have what its parent's `Capabilities.requires` asks of it. Raises IncompatibleError."""
+    for group in groups:
+        _check_children(cfg[group], group, env, choices)
+
+
+def _check_children(node: DictConfig, key: str, env: Environment, choices: dict[str, str]) -> None:
+    parent = plugin_class(node)
+    required = dict(getattr(parent, "capabilities", Capabilities()).requires)
+    for name in map(str, node):
+        child = node.get(name) if name not in HYDRA_KEYS else None
+        if not (isinstance(child, DictConfig) and OmegaConf.select(child, "_target_")):
+            continue
+        cls, where = plugin_class(child), f"{key}.{name}"
+        caps = getattr(cls, "capabilities", None)
+        if isinstance(caps, Capabilities) and not _fits_env(caps, env):
+            raise IncompatibleError(
+                f"{where} ({cls.__name__}) cannot work with env={choices['env']} (observations "
+                f"'{env.observation_kind}', actions '{env.action_kind}'): it supports observations "
+                f"{sorted(caps.observations)} and actions {sorted(caps.actions)}.")
+        flag = required.get(name)
+        if flag and not (isinstance(caps, Capabilities) and getattr(caps, flag)):
+            good = sorted({f"{g}/{n}" for g in ("policy", "preference", "reward")
+                           for n, c in options_of(g).items() if getattr(c.capabilities, flag)})
+            raise IncompatibleError(
+                f"{where} is {cls.__name__}, but {parent.__name__} needs a plugin there that "
+                f"{ABLE.get(flag, flag)}: set {where} to one of the configs {', '.join(good)} "
+                f"(e.g. {where}._target_={_target_of(good[0]) if good else '...'}).")
+        _check_children(child, where, env, choices)
+
+
+def _target_of(option: str) -> str:
+    return str(OmegaConf.select(OmegaConf.load(CONF_DIR / f"{option}.yaml"), "_target_"))
+
+
 HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
 
 
-def _unknown_fields(node: DictConfig, key: str) -> list[str]:
-    """Config keys under `key` (a node with a `_target_`, and the nodes with one inside it) that the class
-    it builds does not take."""
+def _unknown_fields(node: DictConfig, key: str) -> dict[str, list[str]]:
+    """{config key of a plugin: its keys the class it builds does not take}, for the node at `key` (it has a
+    `_target_`) and the plugins nested in it."""
     cls = plugin_class(node)
     params = inspect.signature(cls).parameters.values()
-    unknown: list[str] = []
+    out: dict[str, list[str]] = {}
     if not any(p.kind == p.VAR_KEYWORD for p in params):
         names = {p.name for p in params}
         unknown = [f"{key}.{k}" for k in map(str, node) if k not in HYDRA_KEYS and k not in names]
+        if unknown:
+            out[key] = unknown
     for k in map(str, node):
         child = node.get(k) if k not in HYDRA_KEYS else None
         if isinstance(child, DictConfig) and OmegaConf.select(child, "_target_"):
-            unknown += _unknown_fields(child, f"{key}.{k}")
-    return unknown
+            out |= _unknown_fields(child, f"{key}.{k}")
+    return out
 
 
 def check_fields(cfg: DictConfig, choices: dict[str, str], groups: tuple[str, ...]) -> None:
     """Refuse config keys a plugin does not take (say, a T-REX preset's `reward.num_pairs` with
-    reward=true) before anything is built, naming the keys, the option and the preset that set them."""
+    reward=true) before anything is built, naming the keys, the class and the preset that set them."""
     for group in groups:
-        unknown = _unknown_fields(cfg[group], group)
-        if not unknown:
-            continue
-        cls = plugin_class(cfg[group]).__name__
-        preset = choices.get("experiment")
-        source = (f" experiment={preset} sets them for another {group} option; drop the preset and set what you "
-                  f"need directly (e.g. policy.total_timesteps=...)." if preset and preset != "None" else "")
-        raise IncompatibleError(f"{group}={choices[group]} ({cls}) takes no field(s) {', '.join(unknown)}.{source}"
-                                f" The fields each option takes are in conf/{group}/{choices[group]}.yaml.")
+        for key, unknown in _unknown_fields(cfg[group], group).items():
+            cls = plugin_class(OmegaConf.select(cfg, key)).__name__
+            what = f"{group}={choices[group]}" if key == group else key
+            preset = choices.get("experiment")
+            source = (f" experiment={preset} sets them for another {group} option; drop the preset and set what "
+                      f"you need directly (e.g. policy.total_timesteps=...)." if preset and preset != "None" else "")
+            raise IncompatibleError(f"{what} ({cls}) takes no field(s) {', '.join(unknown)}.{source} The fields "
+                                    f"each option takes are in conf/{group}/{choices[group]}.yaml and the "
+                                    f"files it includes.")
 
 
 def _check_online(choices: dict[str, str], classes: dict[str, Any]) -> None:

@@ -18,7 +18,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from core.compat import check_compatible, check_fields, plugin_class
+from core.compat import check_compatible, check_fields, check_nested, plugin_class
 from core.demo_files import save_demos
 from core.evaluation import pearson, returns, rollout
 from core.interfaces import Environment, Optimizer, Policy, PreferenceSource, RewardModel
@@ -45,6 +45,7 @@ def run_pipeline(cfg: DictConfig, choices: dict[str, str], output_dir: Path, swe
     check_fields(cfg, choices, GROUPS)
     env: Environment = instantiate(cfg.env)
     check_compatible(env, choices, {g: plugin_class(cfg[g]) for g in GROUPS if g != "env"})
+    check_nested(cfg, env, choices, GROUPS[1:])
     reward: RewardModel = instantiate(cfg.reward)
     optimizer: Optimizer = instantiate(cfg.policy)
     uses_source = reward.capabilities.needs_preferences or optimizer.capabilities.needs_demonstrations

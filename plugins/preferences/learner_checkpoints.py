@@ -21,7 +21,8 @@ class LearnerCheckpoints(PreferenceSource):
     episodes_per_checkpoint: demos per checkpoint. deterministic: roll checkpoints out with their
     action mode instead of sampling."""
 
-    capabilities = Capabilities(observations=frozenset({"vector", "image"}), provides_demonstrations=True)
+    capabilities = Capabilities(observations=frozenset({"vector", "image"}), provides_demonstrations=True,
+                                requires=(("learner", "calls_back"),))
 
     def __init__(self, learner: Optimizer, checkpoint_every: int, stop_return: float | None = None,
                  episodes_per_checkpoint: int = 1, deterministic: bool = False) -> None:

@@ -84,7 +84,9 @@ class NoiseInjection(PreferenceSource):
     only used to pick the best `num_demos`); cloner: the BC optimizer; other fields as noise_ranking."""
 
     capabilities = Capabilities(observations=frozenset({"vector", "image"}),
-                                actions=frozenset({"discrete", "continuous"}))
+                                actions=frozenset({"discrete", "continuous"}),
+                                requires=(("demonstrations", "provides_demonstrations"),
+                                          ("cloner", "needs_demonstrations")))
 
     def __init__(self, demonstrations: PreferenceSource, cloner: Optimizer, noise_levels: Sequence[float],
                  rollouts_per_level: int = 5, num_demos: int | None = None,

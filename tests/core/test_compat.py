@@ -88,3 +88,25 @@ def test_online_preferences_need_a_policy_that_calls_back_and_a_reward_that_refi
     # the true reward gathers no preferences, so the source is never asked
     check_compatible(cartpole, {**choices, "reward": "true"},
                      {"reward": EnvReward, "preference": OnlinePreferences, "policy": PPO})
+
+
+def test_nested_plugins_are_checked_before_anything_runs() -> None:
+    from omegaconf import OmegaConf
+
+    from core.compat import CONF_DIR, check_nested
+    from tests.conftest import compose_config
+
+    cartpole = GymEnv("CartPole-v1", "cartpole")
+    for overrides in ((), ("reward=drex", "preference=noise_injection"), ("preference=synthetic",)):
+        check_nested(compose_config(*overrides), cartpole, {**CHOICES, "env": "cartpole"}, ("reward", "preference"))
+    cfg = compose_config()
+    cfg.preference.learner = OmegaConf.load(CONF_DIR / "policy" / "bc.yaml")  # a learner that never checkpoints
+    with pytest.raises(IncompatibleError, match=r"preference.learner is BehavioralCloning, but LearnerCheckpoints "
+                                                r"needs a plugin there that hands its current policy.*policy/ppo"):
+        check_nested(cfg, cartpole, {**CHOICES, "env": "cartpole"}, ("preference",))
+    drex = compose_config("reward=drex")
+    drex.reward.cloner = OmegaConf.load(CONF_DIR / "policy" / "ppo.yaml")  # D-REX clones the demonstrations
+    with pytest.raises(IncompatibleError, match=r"reward.cloner is PPO.*learns a policy from demonstrations"):
+        check_nested(drex, cartpole, {**CHOICES, "env": "cartpole"}, ("reward",))
+    with pytest.raises(IncompatibleError, match=r"preference.learner \(PPO\) cannot work with env=tokens"):
+        check_nested(compose_config(), TokenEnv(), CHOICES, ("preference",))
