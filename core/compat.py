@@ -67,7 +67,8 @@ def check_compatible(env: Environment, choices: dict[str, str], classes: dict[st
             raise IncompatibleError(
                 f"{group}={choices[group]} cannot work with {where}: it supports observations "
                 f"{sorted(caps.observations)} and actions {sorted(caps.actions)}. "
-                f"With env={choices['env']} try {_alternatives(group, env, choices['env'])}.")
+                f"With env={choices['env']} try {_alternatives(group, env, choices['env'])}." + "".join(
+                    f" {note}" for note in caps.notes))
     source_caps: Capabilities = classes["preference"].capabilities
     if uses_source and source_caps.queries_online:
         _check_online(choices, classes)

@@ -222,7 +222,9 @@ def standardised_returns(net: RewardNet, obs: list[torch.Tensor], squash: bool =
 class TREX(RewardModel):
     """reward=trex. Fields documented in conf/reward/trex.yaml."""
 
-    capabilities = Capabilities(observations=frozenset({"vector", "image"}), needs_preferences=True, refits=True)
+    capabilities = Capabilities(observations=frozenset({"vector", "image"}), needs_preferences=True, refits=True,
+                                notes=("For text, reward=bradley_terry is T-REX's loss on whole ranked responses "
+                                       "(a ranking of K responses gives its K choose 2 pairs).",))
 
     def __init__(self, num_pairs: int = 6000, min_snippet_length: int = 50, max_snippet_length: int = 100,
                  ensemble_size: int = 5, hidden_sizes: Sequence[int] = (256, 256), activation: str = "leaky_relu",
