@@ -13,6 +13,7 @@ the vote meets the target. The measured agreement is logged as preference/label_
 
 from __future__ import annotations
 
+import logging
 from itertools import combinations
 from typing import Literal
 
@@ -21,6 +22,8 @@ import numpy as np
 from core.interfaces import Capabilities, Environment, PreferenceSource
 from core.run import RunContext
 from core.types import Preferences, Response, Trajectory
+
+log = logging.getLogger(__name__)
 
 
 def correct_probability(gaps: np.ndarray, scale: float, noise: str) -> np.ndarray:
@@ -154,11 +157,15 @@ class SyntheticLabeler(PreferenceSource):
         informative = first != second  # equal true returns carry no truth to agree with
         gaps = np.abs(first - second)[informative]
         factors = annotator_factors(self.annotators, self.spread, rng)
-        scale = calibrate(gaps, factors, self.agreement, self.noise)
+        if not informative.any():
+            log.warning("preference: all %d pairs have equal true returns, so every label is a fair coin and "
+                        "preference.agreement cannot be met or measured", len(first))
+        scale = calibrate(gaps, factors, self.agreement, self.noise) if informative.any() else 0.0
         first_wins, correct = label(first, second, annotator_scales(scale, factors, self.noise), self.noise, rng)
         index = np.arange(len(items) // 2) * 2
         pairs = np.where(first_wins[:, None], np.stack([index, index + 1], 1), np.stack([index + 1, index], 1))
-        measured = float(np.mean(correct[informative]))
-        run.log({"preference/label_agreement": measured, "preference/noise_scale": scale,
-                 "preference/queries": len(items) // 2}, 0)
+        metrics = {"preference/noise_scale": scale, "preference/queries": len(items) // 2}
+        if informative.any():
+            metrics["preference/label_agreement"] = float(np.mean(correct[informative]))
+        run.log(metrics, 0)
         return Preferences(items=items, pairs=pairs, demonstrations=trajs)
