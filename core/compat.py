@@ -84,6 +84,20 @@ def check_compatible(env: Environment, choices: dict[str, str], classes: dict[st
 ABLE = {"calls_back": "hands its current policy to a callback while it trains (for checkpoints)",
         "provides_demonstrations": "provides whole demonstration trajectories",
         "needs_demonstrations": "learns a policy from demonstrations (behavioral cloning)"}
+HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
+
+
+def _plugin_children(node: DictConfig) -> list[tuple[str, DictConfig]]:
+    """(key, node) of the plugins configured directly inside `node` (dict children with a `_target_`),
+    without resolving interpolations (a key pointing at an unset value is no plugin)."""
+    out = []
+    for name in map(str, node):
+        if name in HYDRA_KEYS:
+            continue
+        child = OmegaConf.select(node, name, throw_on_resolution_failure=False)
+        if isinstance(child, DictConfig) and OmegaConf.select(child, "_target_", throw_on_resolution_failure=False):
+            out.append((name, child))
+    return out
 
 
 def check_nested(cfg: DictConfig, env: Environment, choices: dict[str, str], groups: tuple[str, ...]) -> None:
@@ -95,11 +109,8 @@ def check_nested(cfg: DictConfig, env: Environment, choices: dict[str, str], gro
 
 def _check_children(node: DictConfig, key: str, env: Environment, choices: dict[str, str]) -> None:
     parent = plugin_class(node)
-    required = dict(getattr(parent, "capabilities", Capabilities()).requires)
-    for name in map(str, node):
-        child = node.get(name) if name not in HYDRA_KEYS else None
-        if not (isinstance(child, DictConfig) and OmegaConf.select(child, "_target_")):
-            continue
+    required = {name: (flag, group) for name, flag, group in getattr(parent, "capabilities", Capabilities()).requires}
+    for name, child in _plugin_children(node):
         cls, where = plugin_class(child), f"{key}.{name}"
         caps = getattr(cls, "capabilities", None)
         if isinstance(caps, Capabilities) and not _fits_env(caps, env):
@@ -107,40 +118,67 @@ def _check_children(node: DictConfig, key: str, env: Environment, choices: dict[
                 f"{where} ({cls.__name__}) cannot work with env={choices['env']} (observations "
                 f"'{env.observation_kind}', actions '{env.action_kind}'): it supports observations "
                 f"{sorted(caps.observations)} and actions {sorted(caps.actions)}.")
-        flag = required.get(name)
-        if flag and not (isinstance(caps, Capabilities) and getattr(caps, flag)):
-            good = sorted({f"{g}/{n}" for g in ("policy", "preference", "reward")
-                           for n, c in options_of(g).items() if getattr(c.capabilities, flag)})
-            raise IncompatibleError(
-                f"{where} is {cls.__name__}, but {parent.__name__} needs a plugin there that "
-                f"{ABLE.get(flag, flag)}: set {where} to one of the configs {', '.join(good)} "
-                f"(e.g. {where}._target_={_target_of(good[0]) if good else '...'}).")
+        if name in required:
+            flag, group = required[name]
+            if not (isinstance(caps, Capabilities) and getattr(caps, flag)):
+                good = [n for n, c in options_of(group).items() if getattr(c.capabilities, flag)]
+                raise IncompatibleError(
+                    f"{where} is {cls.__name__}, but {parent.__name__} needs a plugin there that "
+                    f"{ABLE.get(flag, flag)}: one of {', '.join(f'conf/{group}/{n}.yaml' for n in good)}, as a "
+                    f"whole node (in a config file's defaults: `- /{group}/{good[0] if good else '...'}@{name}`).")
         _check_children(child, where, env, choices)
 
 
-def _target_of(option: str) -> str:
-    return str(OmegaConf.select(OmegaConf.load(CONF_DIR / f"{option}.yaml"), "_target_"))
-
-
-HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
+def _accepted_fields(cls: Any) -> set[str] | None:
+    """The keyword arguments a plugin class takes, following **kwargs to its base classes' __init__
+    (DREX passes T-REX's fields on); None if it takes any."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        if klass is object:  # no __init__ of its own on the way: it takes no arguments
+            return names - {"self"}
+        if "__init__" not in vars(klass):
+            continue
+        params = inspect.signature(klass.__init__).parameters.values()
+        names |= {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        if not any(p.kind == p.VAR_KEYWORD for p in params):
+            return names - {"self"}
+    return None
 
 
 def _unknown_fields(node: DictConfig, key: str) -> dict[str, list[str]]:
     """{config key of a plugin: its keys the class it builds does not take}, for the node at `key` (it has a
     `_target_`) and the plugins nested in it."""
-    cls = plugin_class(node)
-    params = inspect.signature(cls).parameters.values()
+    names = _accepted_fields(plugin_class(node))
     out: dict[str, list[str]] = {}
-    if not any(p.kind == p.VAR_KEYWORD for p in params):
-        names = {p.name for p in params}
-        unknown = [f"{key}.{k}" for k in map(str, node) if k not in HYDRA_KEYS and k not in names]
-        if unknown:
-            out[key] = unknown
-    for k in map(str, node):
-        child = node.get(k) if k not in HYDRA_KEYS else None
-        if isinstance(child, DictConfig) and OmegaConf.select(child, "_target_"):
-            out |= _unknown_fields(child, f"{key}.{k}")
+    unknown = [f"{key}.{k}" for k in map(str, node) if names is not None and k not in HYDRA_KEYS and k not in names]
+    if unknown:
+        out[key] = unknown
+    for name, child in _plugin_children(node):
+        out |= _unknown_fields(child, f"{key}.{name}")
     return out
+
+
+def _preset_keys(preset: str) -> set[str]:
+    """Every dotted key the preset conf/experiment/<preset>.yaml sets, with the presets it builds on."""
+    file = CONF_DIR / "experiment" / f"{preset}.yaml"
+    if not file.exists():
+        return set()
+    conf = OmegaConf.load(file)
+    assert isinstance(conf, DictConfig)
+    keys: set[str] = set()
+
+    def walk(node: Any, prefix: str) -> None:
+        for k, v in node.items():
+            if k != "defaults":
+                keys.add(prefix + str(k))
+                if isinstance(v, DictConfig):
+                    walk(v, f"{prefix}{k}.")
+
+    walk(conf, "")
+    for base in conf.get("defaults", []):
+        if isinstance(base, str) and base != "_self_":
+            keys |= _preset_keys(base)
+    return keys
 
 
 def check_fields(cfg: DictConfig, choices: dict[str, str], groups: tuple[str, ...]) -> None:
@@ -150,9 +188,11 @@ def check_fields(cfg: DictConfig, choices: dict[str, str], groups: tuple[str, ..
         for key, unknown in _unknown_fields(cfg[group], group).items():
             cls = plugin_class(OmegaConf.select(cfg, key)).__name__
             what = f"{group}={choices[group]}" if key == group else key
-            preset = choices.get("experiment")
-            source = (f" experiment={preset} sets them for another {group} option; drop the preset and set what "
-                      f"you need directly (e.g. policy.total_timesteps=...)." if preset and preset != "None" else "")
+            preset = choices.get("experiment") or "None"
+            source = ""
+            if preset != "None" and set(unknown) & _preset_keys(preset):
+                source = (f" experiment={preset} sets them for another {group} option; drop the preset and set "
+                          f"what you need directly (e.g. policy.total_timesteps=...).")
             raise IncompatibleError(f"{what} ({cls}) takes no field(s) {', '.join(unknown)}.{source} The fields "
                                     f"each option takes are in conf/{group}/{choices[group]}.yaml and the "
                                     f"files it includes.")

@@ -34,9 +34,10 @@ class Capabilities:
     refits: a RewardModel whose `fit` may be called again with more preferences, continuing from
         what it has learned.
     calls_back: an Optimizer that calls its `callback` with the current policy after each rollout.
-    requires: (config key, flag) pairs: the plugin nested under that key of this one's config must have
-        that flag set (e.g. a checkpointing source's ("learner", "calls_back")); checked, with the
-        nested plugins' observations and actions, before anything runs.
+    requires: (config key, flag, config group) triples: the plugin nested under that key of this one's
+        config must have that flag set, as the group's options that have it do (e.g. a checkpointing
+        source's ("learner", "calls_back", "policy")); checked, with the nested plugins' observations
+        and actions, before anything runs.
     notes: said when the plugin is refused (e.g. the combination that does what was meant).
     """
 
@@ -48,7 +49,7 @@ class Capabilities:
     queries_online: bool = False
     refits: bool = False
     calls_back: bool = False
-    requires: tuple[tuple[str, str], ...] = ()
+    requires: tuple[tuple[str, str, str], ...] = ()
     notes: tuple[str, ...] = field(default_factory=tuple)
 
 

@@ -40,25 +40,24 @@ def read_jsonl(path: str | Path, key: str, parse: Callable[[Any, int], T], error
         raise error(f"{key} {path}: no such file")
     records: list[T] = []
     errors: list[str] = []
-    with path.open("rb") as lines:
-        for number, raw in enumerate(lines, start=1):
-            try:
-                text = raw.decode("utf-8").lstrip("\ufeff" if number == 1 else "")
-            except UnicodeDecodeError as err:
-                errors.append(f"{path}:{number}: not UTF-8 text ({err.reason} at byte {err.start})")
-                continue
-            if not text.strip():
-                continue
-            try:
-                value = json.loads(text)
-            except json.JSONDecodeError as err:
-                errors.append(f"{path}:{number}: not valid JSON ({err.msg} at column {err.colno})")
-                continue
-            try:
-                records.append(parse(value, number))
-            except RecordError as err:
-                where = f"field '{err.field}'" if err.field else "line"
-                errors.append(f"{path}:{number}: {where}: {err.problem}")
+    for number, raw in enumerate(path.read_bytes().splitlines(), start=1):  # \n, \r\n or \r ends a line
+        try:
+            text = raw.decode("utf-8").lstrip("\ufeff" if number == 1 else "")
+        except UnicodeDecodeError as err:
+            errors.append(f"{path}:{number}: not UTF-8 text ({err.reason} at byte {err.start})")
+            continue
+        if not text.strip():
+            continue
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as err:
+            errors.append(f"{path}:{number}: not valid JSON ({err.msg} at column {err.colno})")
+            continue
+        try:
+            records.append(parse(value, number))
+        except RecordError as err:
+            where = f"field '{err.field}'" if err.field else "line"
+            errors.append(f"{path}:{number}: {where}: {err.problem}")
     if errors:
         shown = "\n  ".join(errors[:SHOWN_ERRORS])
         more = f"\n  ... and {len(errors) - SHOWN_ERRORS} more" if len(errors) > SHOWN_ERRORS else ""

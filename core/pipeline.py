@@ -42,13 +42,16 @@ def run_pipeline(cfg: DictConfig, choices: dict[str, str], output_dir: Path, swe
     """
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     torch.use_deterministic_algorithms(True)
-    check_fields(cfg, choices, GROUPS)
+    classes = {g: plugin_class(cfg[g]) for g in GROUPS if g != "env"}
+    reward_caps, policy_caps = classes["reward"].capabilities, classes["policy"].capabilities
+    uses_source = reward_caps.needs_preferences or policy_caps.needs_demonstrations
+    used = ("env", "reward", "policy") + (("preference",) if uses_source else ())  # an unused source is not built
+    check_fields(cfg, choices, used)
     env: Environment = instantiate(cfg.env)
-    check_compatible(env, choices, {g: plugin_class(cfg[g]) for g in GROUPS if g != "env"})
-    check_nested(cfg, env, choices, GROUPS[1:])
+    check_compatible(env, choices, classes)
+    check_nested(cfg, env, choices, used[1:])
     reward: RewardModel = instantiate(cfg.reward)
     optimizer: Optimizer = instantiate(cfg.policy)
-    uses_source = reward.capabilities.needs_preferences or optimizer.capabilities.needs_demonstrations
     source: PreferenceSource | None = instantiate(cfg.preference) if uses_source else None
 
     tracker: Tracker = instantiate(cfg.tracking)

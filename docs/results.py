@@ -13,6 +13,7 @@ reward-extrapolation plot per env and learned-reward method into docs/img/. Runs
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import tempfile
 from collections import defaultdict
@@ -26,12 +27,10 @@ ENVS = ("cartpole", "hopper", "halfcheetah", "atari")
 BOOKKEEPING = ("seed=", "progress=", "tracking.uri=", "hydra.")
 
 
-def command_of(overrides: str) -> tuple[str, str]:
-    """(the command line without seed and bookkeeping overrides, the seed)."""
-    parts = overrides.split()
-    seed = next((p.split("=", 1)[1] for p in parts if p.startswith("seed=")), "0")
-    kept = [p for p in parts if not p.startswith(BOOKKEEPING)]
-    return "python main.py " + " ".join(kept), seed
+def command_of(overrides: str) -> str:
+    """The command line without its seed and bookkeeping overrides."""
+    kept = [p for p in overrides.split() if not p.lstrip("+").startswith(BOOKKEEPING)]
+    return "python main.py " + " ".join(kept)
 
 
 def method_of(tags: dict[str, str]) -> str | None:
@@ -66,8 +65,12 @@ def collect(client: MlflowClient) -> tuple[dict, dict, dict]:
             continue
         if tags.get("results") == "exclude":
             continue
-        command, seed = command_of(tags.get("overrides", ""))
-        if seed in results[env][method]:  # an older run of the same cell
+        command = command_of(tags.get("overrides", ""))
+        seed = run.data.params.get("seed", "0")  # the resolved seed (the overrides may spell it +seed=...)
+        if seed in commands[env][method][command]:  # an older run of the same command and seed
+            continue
+        if seed in results[env][method]:
+            print(f"warning: {env}, {method}, seed {seed} was also run as `{command}`; the newer run counts")
             continue
         results[env][method][seed] = metrics["eval/true_return_mean"]
         commands[env][method][command].add(seed)
@@ -79,6 +82,11 @@ def collect(client: MlflowClient) -> tuple[dict, dict, dict]:
                 results[env]["best demo, all runs"].setdefault(seed, set()).add(metrics["demos/best_true_return"])
             plots.setdefault((env, method), run.info.run_id)
     return results, commands, plots
+
+
+def seed_order(seed: str) -> tuple[int, str]:
+    """Seeds in numeric order (any non-numeric text after them)."""
+    return (int(seed), "") if seed.lstrip("-").isdigit() else (2**31, seed)
 
 
 def cell(values: list[float]) -> str:
@@ -107,7 +115,7 @@ def main() -> None:
               "clone D-REX injects noise into (its best `reward.num_demos` demonstrations), without noise.",
               "", "## Per seed", "", "| env | seed | " + " | ".join(METHODS) + " |", "|---" * (len(METHODS) + 2) + "|"]
     for env in envs:
-        for seed in sorted({s for m in METHODS for s in results[env][m]}, key=int):
+        for seed in sorted({s for m in METHODS for s in results[env][m]}, key=seed_order):
             row = [f"{results[env][m][seed]:.1f}" if seed in results[env][m] else "-" for m in METHODS]
             demos = sorted(results[env]["best demo, all runs"].get(seed, ()), reverse=True)
             if len(demos) > 1:  # the T-REX and D-REX runs of this seed were made at different commits
@@ -119,7 +127,7 @@ def main() -> None:
     for env in envs:
         for method in [m for m in METHODS if m not in ("best demo", "BC (D-REX's clone)")]:
             for command, seeds in sorted(commands[env][method].items()):
-                lines.append(f"- {env}, {method}: `{command}` with `seed=` {', '.join(sorted(seeds))}")
+                lines.append(f"- {env}, {method}: `{command}` with `seed=` {', '.join(sorted(seeds, key=seed_order))}")
     img = args.out.parent / "img"
     img.mkdir(exist_ok=True)
     lines += ["", "## Reward extrapolation (one seed each)", ""]
@@ -129,7 +137,7 @@ def main() -> None:
                 local = client.download_artifacts(run_id, "plots/reward_extrapolation.png", tmp)
             except Exception:  # a run without the plot
                 continue
-            name = f"{env.split()[0]}-{method.lower().replace('-', '')}.png"
+            name = re.sub(r"\W+", "-", f"{env}-{method.replace('-', '')}").strip("-").lower() + ".png"
             shutil.copy(local, img / name)
         lines.append(f"![{env} {method}](img/{name})")
     args.out.write_text("\n".join(lines) + "\n")

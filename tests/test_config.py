@@ -113,6 +113,14 @@ def test_a_key_the_option_does_not_take_is_named_with_the_preset_that_set_it() -
     with pytest.raises(IncompatibleError, match=r"reward=true \(EnvReward\) takes no field\(s\) reward.ensemble_size, "
                                                 r"reward.num_pairs.*experiment=trex_mujoco_cpu sets them"):
         check_fields(cfg, {"reward": "true", "experiment": "trex_mujoco_cpu"}, ("reward",))
+    typo = compose_config("experiment=debug", "+reward.num_pairz=3")  # the user's key, not the preset's
+    with pytest.raises(IncompatibleError, match=r"reward=trex \(TREX\) takes no field\(s\) reward.num_pairz\. The") \
+            as err:
+        check_fields(typo, {"reward": "trex", "experiment": "debug"}, ("reward",))
+    assert "experiment=debug" not in str(err.value)
+    drex = compose_config("reward=drex", "+reward.num_pairz=3")  # DREX passes T-REX's fields on as **kwargs
+    with pytest.raises(IncompatibleError, match=r"reward=drex \(DREX\) takes no field\(s\) reward.num_pairz\."):
+        check_fields(drex, {"reward": "drex"}, ("reward",))
     nested = compose_config("preference=synthetic", "+preference.rollouts.checkpoint_evry=5")
     with pytest.raises(IncompatibleError, match=r"preference.rollouts.checkpoint_evry"):  # inside a nested plugin
         check_fields(nested, {"preference": "synthetic"}, ("preference",))

@@ -88,3 +88,13 @@ def test_control_plugins_are_refused_for_text_with_the_options_that_work(char_lm
     with pytest.raises(IncompatibleError, match="policy=bc cannot work.*policy=ppo,pretrain,sft"):
         check_compatible(env, choices | {"reward": "bradley_terry", "policy": "bc"},
                          {g: plugin_class(cfg[g]) for g in ("reward", "preference", "policy")})
+
+
+def test_without_preferences_the_unused_control_source_is_not_checked(in_tmp: Path, char_lm_dir: str) -> None:
+    """env=text reward=true leaves the default preference=learner_checkpoints (a control PPO learner inside)
+    unused: neither it nor its nested learner may refuse the run."""
+    cfg, choices = compose_with_choices("experiment=debug", "env=text", f"env.model={char_lm_dir}", "reward=true",
+                                        "policy=sft", "progress=false", "tracking=none")
+    assert choices["preference"] == "learner_checkpoints"
+    metrics = run_pipeline(cfg, choices, in_tmp / "out")
+    assert "eval/gold_reward_mean" in metrics

@@ -22,7 +22,7 @@ class LearnerCheckpoints(PreferenceSource):
     action mode instead of sampling."""
 
     capabilities = Capabilities(observations=frozenset({"vector", "image"}), provides_demonstrations=True,
-                                requires=(("learner", "calls_back"),))
+                                requires=(("learner", "calls_back", "policy"),))
 
     def __init__(self, learner: Optimizer, checkpoint_every: int, stop_return: float | None = None,
                  episodes_per_checkpoint: int = 1, deterministic: bool = False) -> None:

@@ -85,8 +85,8 @@ class NoiseInjection(PreferenceSource):
 
     capabilities = Capabilities(observations=frozenset({"vector", "image"}),
                                 actions=frozenset({"discrete", "continuous"}),
-                                requires=(("demonstrations", "provides_demonstrations"),
-                                          ("cloner", "needs_demonstrations")))
+                                requires=(("demonstrations", "provides_demonstrations", "preference"),
+                                          ("cloner", "needs_demonstrations", "policy")))
 
     def __init__(self, demonstrations: PreferenceSource, cloner: Optimizer, noise_levels: Sequence[float],
                  rollouts_per_level: int = 5, num_demos: int | None = None,

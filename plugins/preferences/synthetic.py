@@ -157,15 +157,16 @@ class SyntheticLabeler(PreferenceSource):
         informative = first != second  # equal true returns carry no truth to agree with
         gaps = np.abs(first - second)[informative]
         factors = annotator_factors(self.annotators, self.spread, rng)
-        if not informative.any():
+        if len(first) and not informative.any():
             log.warning("preference: all %d pairs have equal true returns, so every label is a fair coin and "
                         "preference.agreement cannot be met or measured", len(first))
         scale = calibrate(gaps, factors, self.agreement, self.noise) if informative.any() else 0.0
         first_wins, correct = label(first, second, annotator_scales(scale, factors, self.noise), self.noise, rng)
         index = np.arange(len(items) // 2) * 2
         pairs = np.where(first_wins[:, None], np.stack([index, index + 1], 1), np.stack([index + 1, index], 1))
-        metrics = {"preference/noise_scale": scale, "preference/queries": len(items) // 2}
-        if informative.any():
+        metrics: dict[str, float] = {"preference/queries": len(items) // 2}
+        if informative.any():  # (all ties: no scale was calibrated and no agreement can be measured)
+            metrics["preference/noise_scale"] = scale
             metrics["preference/label_agreement"] = float(np.mean(correct[informative]))
         run.log(metrics, 0)
         return Preferences(items=items, pairs=pairs, demonstrations=trajs)

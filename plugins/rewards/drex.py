@@ -26,7 +26,7 @@ class DREX(TREX):
     capabilities = Capabilities(observations=frozenset({"vector", "image"}),
                                 actions=frozenset({"discrete", "continuous"}),
                                 needs_preferences=True, needs_demonstrations=True,
-                                requires=(("cloner", "needs_demonstrations"),),
+                                requires=(("cloner", "needs_demonstrations", "policy"),),
                                 notes=("reward=trex preference=noise_injection is D-REX with the noise ranking "
                                        "as its own stage.",))
 

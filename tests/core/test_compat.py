@@ -102,11 +102,13 @@ def test_nested_plugins_are_checked_before_anything_runs() -> None:
     cfg = compose_config()
     cfg.preference.learner = OmegaConf.load(CONF_DIR / "policy" / "bc.yaml")  # a learner that never checkpoints
     with pytest.raises(IncompatibleError, match=r"preference.learner is BehavioralCloning, but LearnerCheckpoints "
-                                                r"needs a plugin there that hands its current policy.*policy/ppo"):
+                                                r"needs a plugin there that hands its current policy.*: one of "
+                                                r"conf/policy/ppo.yaml, as a whole node.*- /policy/ppo@learner"):
         check_nested(cfg, cartpole, {**CHOICES, "env": "cartpole"}, ("preference",))
     drex = compose_config("reward=drex")
     drex.reward.cloner = OmegaConf.load(CONF_DIR / "policy" / "ppo.yaml")  # D-REX clones the demonstrations
-    with pytest.raises(IncompatibleError, match=r"reward.cloner is PPO.*learns a policy from demonstrations"):
+    with pytest.raises(IncompatibleError, match=r"reward.cloner is PPO.*learns a policy from demonstrations.*: one "
+                                                r"of conf/policy/bc.yaml, as"):
         check_nested(drex, cartpole, {**CHOICES, "env": "cartpole"}, ("reward",))
     with pytest.raises(IncompatibleError, match=r"preference.learner \(PPO\) cannot work with env=tokens"):
         check_nested(compose_config(), TokenEnv(), CHOICES, ("preference",))
