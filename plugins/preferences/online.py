@@ -20,7 +20,7 @@ this is the paper's method:
    preference sigmoid(R_m(a) - R_m(b)) varies most across the reward's ensemble members. (On
    CartPole that favours pairs of equal true return, where the members have nothing to agree on:
    see the README for the measured cost; the paper found it hurting on some tasks too.)
-4. The labeler is synthetic.py's: Boltzmann-rational or flipping, calibrated once (on the first
+4. The labeler is synthetic.py's (core/labels.py): Boltzmann-rational or flipping, calibrated once (on the first
    batch) to agree with the true order at `agreement`; 1.0 is the paper's exact synthetic oracle.
    Fragments of equal true return get a fair coin, in expectation the paper's "equally good".
 
@@ -53,9 +53,9 @@ from core.interfaces import (
     PreferenceSource,
     RewardModel,
 )
+from core.labels import annotator_factors, annotator_scales, calibrate, label
 from core.run import RunContext
 from core.types import Preferences, Trajectory
-from plugins.preferences.synthetic import annotator_factors, annotator_scales, calibrate, label
 
 
 class UniformPolicy(Policy):

@@ -7,18 +7,13 @@ import numpy as np
 import pytest
 
 from core.demo_files import save_demos
+from core.labels import annotator_scales, calibrate, correct_probability, majority_correct
 from core.run import RunContext
 from core.tracking import NullTracker
 from core.types import Trajectory
 from plugins.envs.gym import GymEnv
 from plugins.preferences.ranked_demos import RankedDemos
-from plugins.preferences.synthetic import (
-    SyntheticLabeler,
-    annotator_scales,
-    calibrate,
-    correct_probability,
-    majority_correct,
-)
+from plugins.preferences.synthetic import SyntheticLabeler
 
 
 def test_majority_vote_probability_is_exact() -> None:
