@@ -5,6 +5,7 @@ Shapes use T for time steps, N for items and P for preference pairs.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
 from typing import Any, Generic, TypeVar
@@ -66,6 +67,15 @@ class Response:
     text: str
     gold: float | None = None
     info: dict[str, Any] = field(default_factory=dict)
+
+
+def same_prompt_pairs(responses: Sequence[Response]) -> list[tuple[int, int]]:
+    """Every pair (i, j), i < j, of responses to the same prompt: prompts in order of first appearance,
+    pairs within a prompt in itertools.combinations order."""
+    by_prompt: dict[str, list[int]] = {}
+    for i, r in enumerate(responses):
+        by_prompt.setdefault(r.prompt, []).append(i)
+    return [pair for group in by_prompt.values() for pair in combinations(group, 2)]
 
 
 Item = TypeVar("Item", Trajectory, Response)

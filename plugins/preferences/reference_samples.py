@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import logging
 import time
-from itertools import combinations
 
 import numpy as np
 import torch
 
 from core.interfaces import Capabilities, Environment, PreferenceSource
 from core.run import RunContext
-from core.types import Preferences, Response
+from core.types import Preferences, Response, same_prompt_pairs
 from plugins.envs.text import TextEnv
 from plugins.policies.text import build_text_policy
 
@@ -59,10 +58,6 @@ class ReferenceSamples(PreferenceSource):
         gold = env.gold(prompts, texts)
         log.info("sampled %d reference responses in %.0f s", len(texts), time.perf_counter() - start)
         items = [Response(p, t, gold=float(g)) for p, t, g in zip(prompts, texts, gold, strict=True)]
-        by_prompt: dict[str, list[int]] = {}
-        for i, p in enumerate(prompts):
-            by_prompt.setdefault(p, []).append(i)
-        pairs = [(i, j) if gold[i] > gold[j] else (j, i)
-                 for group in by_prompt.values() for i, j in combinations(group, 2) if gold[i] != gold[j]]
+        pairs = [(i, j) if gold[i] > gold[j] else (j, i) for i, j in same_prompt_pairs(items) if gold[i] != gold[j]]
         run.log({"preference/gold_mean": float(gold.mean()), "preference/gold_std": float(gold.std())}, 0)
         return Preferences(items=items, pairs=np.array(pairs, dtype=np.int64).reshape(-1, 2), scores=gold)

@@ -15,7 +15,6 @@ preference/label_agreement.
 from __future__ import annotations
 
 import logging
-from itertools import combinations
 from typing import Literal
 
 import numpy as np
@@ -23,7 +22,7 @@ import numpy as np
 from core.interfaces import Capabilities, Environment, PreferenceSource
 from core.labels import annotator_factors, annotator_scales, calibrate, label
 from core.run import RunContext
-from core.types import Preferences, Response, Trajectory
+from core.types import Preferences, Response, Trajectory, same_prompt_pairs
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +65,7 @@ class SyntheticLabeler(PreferenceSource):
         if missing:
             raise ValueError(f"preference=synthetic labels responses by their gold reward; response {missing[0]} "
                              f"(and {len(missing) - 1} more) has none")
-        by_prompt: dict[str, list[Response]] = {}
-        for r in responses:
-            by_prompt.setdefault(r.prompt, []).append(r)
-        pairs = [pair for group in by_prompt.values() for pair in combinations(group, 2)]
+        pairs = [(responses[i], responses[j]) for i, j in same_prompt_pairs(responses)]
         wanted = len(pairs) if self.num_queries is None else self.num_queries
         if len(pairs) < wanted:
             raise ValueError(f"preference.num_queries={self.num_queries} pairs asked, but the responses form "

@@ -46,3 +46,11 @@ def test_preferences_hold_text_responses_and_a_ranking_of_3_gives_3_pairs() -> N
     prefs = Preferences.from_ranking(items, np.array([0.0, -1.0, -2.0]))
     assert sorted(map(tuple, prefs.pairs)) == [(0, 1), (0, 2), (1, 2)]
     assert prefs.best_first(1)[0].text == "corrected by a person"
+
+
+def test_same_prompt_pairs_pairs_every_two_responses_to_one_prompt() -> None:
+    from core.types import Response, same_prompt_pairs
+
+    responses = [Response("a", "1"), Response("b", "2"), Response("a", "3"), Response("a", "4"), Response("b", "5")]
+    assert same_prompt_pairs(responses) == [(0, 2), (0, 3), (2, 3), (1, 4)]
+    assert same_prompt_pairs(responses[:2]) == []
