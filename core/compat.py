@@ -51,16 +51,20 @@ def _alternatives(group: str, env: Environment, env_option: str) -> str:
     return f"{group}={','.join(ok)}" if ok else f"no {group} option yet"
 
 
+def uses_source(classes: dict[str, Any]) -> bool:
+    """Whether a run with these plugin classes (group -> class) gathers preferences or demonstrations:
+    its reward learns from preferences or its optimizer from demonstrations."""
+    return bool(classes["reward"].capabilities.needs_preferences or classes["policy"].capabilities.needs_demonstrations)
+
+
 def check_compatible(env: Environment, choices: dict[str, str], classes: dict[str, Any]) -> None:
     """choices: group -> option name (env, reward, preference, policy); classes: group -> plugin class.
 
     Raises IncompatibleError naming the parts and the options that would work.
     """
     where = f"env={choices['env']} (observations '{env.observation_kind}', actions '{env.action_kind}')"
-    reward_caps: Capabilities = classes["reward"].capabilities
-    policy_caps: Capabilities = classes["policy"].capabilities
-    uses_source = reward_caps.needs_preferences or policy_caps.needs_demonstrations
-    groups = ["policy", "reward"] + (["preference"] if uses_source else [])
+    source_used = uses_source(classes)
+    groups = ["policy", "reward"] + (["preference"] if source_used else [])
     for group in groups:
         caps: Capabilities = classes[group].capabilities
         if not _fits_env(caps, env):
@@ -70,7 +74,7 @@ def check_compatible(env: Environment, choices: dict[str, str], classes: dict[st
                 f"With env={choices['env']} try {_alternatives(group, env, choices['env'])}." + "".join(
                     f" {note}" for note in caps.notes))
     source_caps: Capabilities = classes["preference"].capabilities
-    if uses_source and source_caps.queries_online:
+    if source_used and source_caps.queries_online:
         _check_online(choices, classes)
     for group in ("policy", "reward"):
         if classes[group].capabilities.needs_demonstrations and not source_caps.provides_demonstrations:

@@ -18,7 +18,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from core.compat import check_compatible, check_fields, check_nested, plugin_class
+from core.compat import check_compatible, check_fields, check_nested, plugin_class, uses_source
 from core.demo_files import save_demos
 from core.evaluation import pearson, returns, rollout
 from core.interfaces import Environment, Optimizer, Policy, PreferenceSource, RewardModel
@@ -43,19 +43,18 @@ def run_pipeline(cfg: DictConfig, choices: dict[str, str], output_dir: Path, swe
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     torch.use_deterministic_algorithms(True)
     classes = {g: plugin_class(cfg[g]) for g in GROUPS if g != "env"}
-    reward_caps, policy_caps = classes["reward"].capabilities, classes["policy"].capabilities
-    uses_source = reward_caps.needs_preferences or policy_caps.needs_demonstrations
-    used = ("env", "reward", "policy") + (("preference",) if uses_source else ())  # an unused source is not built
+    source_used = uses_source(classes)
+    used = ("env", "reward", "policy") + (("preference",) if source_used else ())  # an unused source is not built
     check_fields(cfg, choices, used)
     env: Environment = instantiate(cfg.env)
     check_compatible(env, choices, classes)
     check_nested(cfg, env, choices, used[1:])
     reward: RewardModel = instantiate(cfg.reward)
     optimizer: Optimizer = instantiate(cfg.policy)
-    source: PreferenceSource | None = instantiate(cfg.preference) if uses_source else None
+    source: PreferenceSource | None = instantiate(cfg.preference) if source_used else None
 
     tracker: Tracker = instantiate(cfg.tracking)
-    name = "-".join(f"{choices[g]}" for g in GROUPS if g != "preference" or uses_source) + f"-s{cfg.seed}"
+    name = "-".join(f"{choices[g]}" for g in GROUPS if g != "preference" or source_used) + f"-s{cfg.seed}"
     if job is not None:
         name += f"-job{job}"
     tags = {f"choice.{g}": choices[g] for g in GROUPS} | ({"overrides": overrides} if overrides else {})
