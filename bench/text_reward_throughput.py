@@ -62,6 +62,7 @@ from plugins.rewards.bradley_terry import (  # noqa: E402
     RewardNet,
     bradley_terry_loss,
     collate,
+    encode_pairs,
     pair_metrics,
     preference_groups,
 )
@@ -69,11 +70,9 @@ from tests.plugins.text_data import sentiment_records, write_jsonl  # noqa: E402
 
 
 def encode(tokenizer, prefs) -> list[list[int]]:
-    """Token ids of every response as reward=bradley_terry reads it: (prompt, response) as a text pair,
-    truncated to 256 tokens, longest first."""
-    encoded = tokenizer([r.prompt for r in prefs.items], [r.text for r in prefs.items],
-                        truncation="longest_first", max_length=256)
-    return [list(ids) for ids in encoded["input_ids"]]
+    """Token ids of every response as reward=bradley_terry reads it, at its default max_length."""
+    return encode_pairs(tokenizer, [r.prompt for r in prefs.items], [r.text for r in prefs.items],
+                        BradleyTerry().max_length)
 
 
 def rexlab_split(prefs) -> tuple[list[Group], list[Group]]:

@@ -143,6 +143,12 @@ def preference_groups(prefs: Preferences) -> list[Group]:
     return groups
 
 
+def encode_pairs(tokenizer: Any, prompts: Sequence[str], responses: Sequence[str], max_length: int) -> list[list[int]]:
+    """Token ids of each (prompt, response) as a text pair, truncated to max_length, longest part first."""
+    encoded = tokenizer(list(prompts), list(responses), truncation="longest_first", max_length=max_length)
+    return [list(ids) for ids in encoded["input_ids"]]
+
+
 def collate(batch: list[Group], encodings: list[list[int]], pad_id: int) -> dict:
     """Groups -> input_ids, attention_mask (B, L) of their responses (right-padded), pairs (P, 2) as
     rows of those, and weights (P,) = 1 / (pairs in the pair's group)."""
@@ -241,9 +247,7 @@ class BradleyTerry(RewardModel):
     def encode(self, prompts: Sequence[str], responses: Sequence[str]) -> list[list[int]]:
         """Token ids of each (prompt, response) as a text pair, truncated to max_length (longest first)."""
         assert self.tokenizer is not None
-        encoded = self.tokenizer(list(prompts), list(responses), truncation="longest_first",
-                                 max_length=self.max_length)
-        return [list(ids) for ids in encoded["input_ids"]]
+        return encode_pairs(self.tokenizer, prompts, responses, self.max_length)
 
     def fit(self, prefs: Preferences, env: Environment | None, run: RunContext) -> None:
         if not prefs.items or not isinstance(prefs.items[0], Response):
