@@ -12,12 +12,14 @@ from core.types import Trajectory
 
 
 def rollout(policy: Policy, env: Environment, episodes: int, seed: int, deterministic: bool = False,
-            max_envs: int = 16, desc: str | None = None) -> list[Trajectory]:
+            max_envs: int = 16, desc: str | None = None, max_steps: int | None = None) -> list[Trajectory]:
     """Run `episodes` whole episodes and return them with their true rewards; info["terminated"]
     says whether each ended for real (False: cut by a time limit).
 
     Episodes run in up to `max_envs` parallel copies; each copy contributes the same number of
     consecutive episodes (its first ones), so short episodes are not over-represented.
+    max_steps: cut an episode after this many steps (a time limit of the caller's, on top of the
+    env's own; the copy is reset and goes on with its next episode). None: the env's limit only.
     """
     num_envs = min(episodes, max_envs)
     per_env = math.ceil(episodes / num_envs)
@@ -26,21 +28,29 @@ def rollout(policy: Policy, env: Environment, episodes: int, seed: int, determin
     obs_dtype = np.uint8 if env.observation_kind == "image" else np.float32
     buffers: list[tuple[list, list, list]] = [([], [], []) for _ in range(num_envs)]
     done: list[list[Trajectory]] = [[] for _ in range(num_envs)]
+    cuts = 0
     bar = tqdm(total=num_envs * per_env, desc=desc, disable=desc is None, leave=False)
     while any(len(d) < per_env for d in done):
         actions = policy.act(obs, deterministic=deterministic)
         next_obs, rewards, terminated, truncated, _ = envs.step(actions)
+        cut = np.zeros(num_envs, dtype=bool)
         for i in range(num_envs):
             o, a, r = buffers[i]
             o.append(obs[i])
             a.append(actions[i])
             r.append(rewards[i])
+            if max_steps is not None and len(o) >= max_steps and not (terminated[i] or truncated[i]):
+                cut[i] = truncated[i] = True
             if terminated[i] or truncated[i]:
                 if len(done[i]) < per_env:
                     done[i].append(Trajectory(np.array(o, dtype=obs_dtype), np.array(a),
                                               np.array(r, dtype=np.float32), {"terminated": bool(terminated[i])}))
                     bar.update(1)
                 buffers[i] = ([], [], [])
+        if cut.any():  # the env has not ended these episodes itself: start the copies' next ones
+            cuts += 1
+            fresh, _ = envs.reset(seed=seed + 100_003 * cuts, options={"reset_mask": cut})
+            next_obs = np.where(cut.reshape(-1, *[1] * (np.ndim(next_obs) - 1)), fresh, next_obs)
         obs = next_obs
     bar.close()
     envs.close()

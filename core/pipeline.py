@@ -152,9 +152,16 @@ def _rollout_evaluation(cfg: DictConfig, env: Environment, reward: RewardModel, 
     log.info("evaluating %d episodes on the true reward", cfg.evaluation.episodes)
     demo_returns = returns(prefs.demos) if prefs is not None else np.zeros(0)
     trajs = rollout(policy, env, cfg.evaluation.episodes, seed=int(cfg.seed) + 10_000,
-                    deterministic=cfg.evaluation.deterministic, desc="evaluation" if run.progress else None)
+                    deterministic=cfg.evaluation.deterministic, desc="evaluation" if run.progress else None,
+                    max_steps=cfg.evaluation.get("max_steps"))  # get: configs saved before the field existed
     eval_returns = returns(trajs)
-    final = {"eval/true_return_mean": float(eval_returns.mean()), "eval/true_return_std": float(eval_returns.std())}
+    final = {"eval/true_return_mean": float(eval_returns.mean()), "eval/true_return_std": float(eval_returns.std()),
+             "eval/truncated_fraction": float(np.mean([not t.info["terminated"] for t in trajs]))}
+    cap = cfg.evaluation.get("max_steps")
+    capped = sum(not t.info["terminated"] and len(t) >= cap for t in trajs) if cap is not None else 0
+    if capped:
+        log.warning("%d of %d evaluation episodes were cut at evaluation.max_steps=%d; their returns are partial",
+                    capped, len(trajs), cap)
     if prefs is not None and np.isfinite(metrics["demos/best_true_return"]):  # unknown for rank-only files
         final["eval/beats_best_demo"] = float(final["eval/true_return_mean"] > metrics["demos/best_true_return"])
     bc_return = run.tracker.last("bc/true_return_mean")  # logged where a BC policy was trained on the way (D-REX)
