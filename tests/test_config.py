@@ -59,6 +59,10 @@ def test_presets_hold_the_papers_settings() -> None:
     learner = atari.preference
     assert learner.learner.total_timesteps // learner.checkpoint_every == 12  # 12 demonstrations
     assert list(compose_config("experiment=drex_atari").reward.noise_levels) == [1.0, 0.75, 0.5, 0.25, 0.02]
+    for preset in ("trex_atari_cpu", "drex_atari_cpu"):
+        small = compose_config(f"experiment={preset}")
+        assert small.env.game == "Seaquest" and small.evaluation.max_steps == 10000
+        assert small.preference.learner.total_timesteps // small.preference.checkpoint_every == 12
     cpu = compose_config("experiment=drex_mujoco_cpu", "env=halfcheetah")
     assert cpu.env.id == "HalfCheetah-v5" and cpu.policy.total_timesteps < trex.policy.total_timesteps
 
