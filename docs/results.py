@@ -36,6 +36,7 @@ METRICS = {"true_return": "eval/true_return_mean", "true_return_std": "eval/true
            "return_correlation": "eval/return_correlation", "val_pair_accuracy": "reward/val_pair_accuracy",
            "label_agreement": "preference/label_agreement"}
 HERE = Path(__file__).parent
+SUMMARY = "summary.png"  # the bar chart of every env and method, in docs/img/
 
 
 def command_of(overrides: str) -> str:
@@ -158,7 +159,7 @@ def render(records: dict[Key, dict[str, str]], intro: str, img: Path) -> str:
     results = table(records)
     envs = sorted(results, key=env_order)
     lines = [intro.rstrip() + "\n"] if intro else []
-    lines += ["## True return of the final policy (mean ± std over seeds)", "",
+    lines += ["## True return of the final policy (mean ± std over seeds)", "", f"![summary](img/{SUMMARY})", "",
               "| env | " + " | ".join(METHODS) + " |", "|---" * (len(METHODS) + 1) + "|"]
     lines += [f"| {env} | " + " | ".join(cell(list(results[env][m].values())) for m in METHODS) + " |" for env in envs]
     lines += ["", "'best demo' is the best demonstration's true return in the T-REX and D-REX runs (the same "
@@ -190,8 +191,40 @@ def render(records: dict[Key, dict[str, str]], intro: str, img: Path) -> str:
     if notes:
         lines += ["", "Records with a note (docs/results_runs.csv):"] + [f"- {n}" for n in notes]
     lines += ["", "## Reward extrapolation (one seed each)", ""]
-    lines += [f"![{p.stem.replace('-', ' ')}](img/{p.name})" for p in sorted(img.glob("*.png"))]
+    lines += [f"![{p.stem.replace('-', ' ')}](img/{p.name})" for p in sorted(img.glob("*.png")) if p.name != SUMMARY]
     return "\n".join(lines) + "\n"
+
+
+def summary_plot(records: dict[Key, dict[str, str]], path: Path) -> None:
+    """One panel per env: each method's seeds as dots and their mean as a bar, the best demo as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results = table(records)
+    envs = sorted(results, key=env_order)
+    columns = [m for m in METHODS if m != "best demo"]
+    fig, axes = plt.subplots(1, len(envs), figsize=(3.2 * len(envs), 3.6), squeeze=False)
+    for ax, env in zip(axes[0], envs, strict=True):
+        for x, method in enumerate(columns):
+            values = list(results[env][method].values())
+            if values:
+                ax.bar(x, np.mean(values), color=f"C{x}", alpha=0.45)
+                ax.scatter([x] * len(values), values, color=f"C{x}", s=14, zorder=3)
+        demos = list(results[env]["best demo"].values())
+        if demos:
+            ax.axhline(np.mean(demos), color="k", ls="--", lw=1, label="best demo (mean)")
+        ax.set_xticks(range(len(columns)), [c.replace(" (D-REX's clone)", "\n(D-REX clone)").replace(", ", "\n")
+                                            for c in columns], fontsize=7)
+        ax.set_title(env, fontsize=9)
+        ax.tick_params(axis="y", labelsize=7)
+    axes[0][0].set_ylabel("true return of the final policy")
+    axes[0][0].legend(fontsize=7, loc="upper left")
+    fig.suptitle("Final true return per method: seeds (dots) and their mean (bars)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def copy_plots(uri: str, run_ids: dict[Key, str], changed: list[Key], img: Path) -> None:
@@ -230,6 +263,7 @@ def main() -> None:
         print(f"{uri}: {len(new)} runs, {len(changed)} new or newer records")
         copy_plots(uri, run_ids, changed, img)
     write_records(args.records, records)
+    summary_plot(records, img / SUMMARY)
     args.out.write_text(render(records, args.intro.read_text() if args.intro.exists() else "", img))
     print(f"wrote {args.records} ({len(records)} records) and {args.out}")
 
