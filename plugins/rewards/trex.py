@@ -26,8 +26,12 @@ plain standardised reward.
 
 Bounded rewards: `squash=tanh` passes each member's standardised reward through tanh before the
 offset (the D-REX MuJoCo code's tanh reward variant), so states far from the demonstrations cannot
-reach rewards much below the demonstrations' own and make ending an episode pay; `alive_bonus` adds
-a constant every step (an option of the T-REX and D-REX MuJoCo code).
+reach rewards much below the demonstrations' own and make ending an episode pay; `squash=sigmoid`
+is the T-REX Atari code's reward for PPO (custom_reward_wrapper.py: sigmoid of the net's output),
+taken here of the standardised output so its range does not depend on the raw scale a seed
+happens to learn; it is positive, so with it `fit_offset` is off in the Atari settings, as the
+reference has no offset. `alive_bonus` adds a constant every step (an option of the T-REX and D-REX
+MuJoCo code).
 
 Refits (online preferences, plugins/preferences/online.py): with `warm_start`, calling `fit` again
 with more preferences continues training the existing nets (a fresh Adam state, new snippet pairs
@@ -198,21 +202,23 @@ def standardise(net: RewardNet, states: torch.Tensor) -> tuple[torch.Tensor, tor
     return r.mean(1, keepdim=True), r.std(1, keepdim=True).clamp_min(1e-8)
 
 
+SQUASHES = {"none": lambda z: z, "tanh": torch.tanh, "sigmoid": torch.sigmoid}  # reward.squash
+
+
 def member_rewards(net: RewardNet, x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
-                   squash: bool = False) -> torch.Tensor:
-    """Each member's reward standardised by (mean, std), through tanh if `squash`: x (S, D) -> (M, S)."""
-    z = (ensemble_rewards(net, x) - mean) / std
-    return torch.tanh(z) if squash else z
+                   squash: str = "none") -> torch.Tensor:
+    """Each member's reward standardised by (mean, std), through SQUASHES[squash]: x (S, D) -> (M, S)."""
+    return SQUASHES[squash]((ensemble_rewards(net, x) - mean) / std)
 
 
 def standardised_reward(net: RewardNet, x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
-                        squash: bool = False) -> torch.Tensor:
+                        squash: str = "none") -> torch.Tensor:
     """Ensemble average of the members' standardised (and optionally squashed) rewards: x (S, D) -> (S,)."""
     return member_rewards(net, x, mean, std, squash).mean(0)
 
 
 @torch.no_grad()
-def standardised_returns(net: RewardNet, obs: list[torch.Tensor], squash: bool = False) -> np.ndarray:
+def standardised_returns(net: RewardNet, obs: list[torch.Tensor], squash: str = "none") -> np.ndarray:
     """Learned return of each trajectory (obs (T_k, D) each) under the ensemble's standardised
     reward: standardising fixes the per-step offset, which would otherwise scale with length."""
     mean, std = standardise(net, torch.cat(obs))
@@ -243,9 +249,9 @@ class TREX(RewardModel):
         if frame_stride < 1:
             raise ValueError(f"reward.frame_stride must be >= 1, got {frame_stride}")
         self.frame_stride = frame_stride
-        if squash not in ("none", "tanh"):
-            raise ValueError(f"reward.squash must be 'none' or 'tanh', got {squash!r}")
-        self.squash, self.alive_bonus = squash == "tanh", float(alive_bonus)
+        if squash not in SQUASHES:
+            raise ValueError(f"reward.squash must be one of {sorted(SQUASHES)}, got {squash!r}")
+        self.squash, self.alive_bonus = squash, float(alive_bonus)
         self.net: RewardNet | None = None
         self.offset = 0.0
         self.fits = 0  # completed calls of fit

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
+import pytest
 import torch
 
 from core.run import RunContext
@@ -114,14 +115,17 @@ def test_a_second_fit_warm_starts_and_never_validates_on_pairs_trained_before(tm
     np.testing.assert_allclose(members.mean(0), [model.learned_return(t) for t in prefs.items[:3]], rtol=1e-4)
 
 
-def test_squashed_reward_is_bounded_and_keeps_the_ranking(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("squash", "low", "high"), [("tanh", -0.5, 1.5), ("sigmoid", 0.5, 1.5)])
+def test_squashed_reward_is_bounded_and_keeps_the_ranking(tmp_path: Path, squash: str, low: float,
+                                                          high: float) -> None:
     L.seed_everything(0)
     model = TREX(num_pairs=300, min_snippet_length=10, max_snippet_length=30, ensemble_size=2,
-                 hidden_sizes=(32, 32), lr=1e-3, batch_size=8, squash="tanh", alive_bonus=0.5, fit_offset=False)
+                 hidden_sizes=(32, 32), lr=1e-3, batch_size=8, squash=squash, alive_bonus=0.5, fit_offset=False)
     prefs = ranked_set()
     model.fit(prefs, GymEnv("CartPole-v1", "cartpole"), RunContext(0, tmp_path, NullTracker(), progress=False))
     far = np.full((5, 2), 1e3, np.float32)  # far outside the demonstrations
     r = model.reward(np.concatenate([far, -far]))
-    assert np.all(r > -0.5 - 1e-6) and np.all(r < 1.5 + 1e-6)
+    assert np.all(r > low - 1e-6) and np.all(r < high + 1e-6)
+    assert r.max() - r.min() > 0.1  # bounded, not constant
     learned = [model.learned_return(t) for t in prefs.items]
     assert np.corrcoef(learned, [t.true_return for t in prefs.items])[0, 1] > 0.8
