@@ -14,13 +14,15 @@ from core.types import Trajectory
 def rollout(policy: Policy, env: Environment, episodes: int, seed: int, deterministic: bool = False,
             max_envs: int = 16, desc: str | None = None, max_steps: int | None = None) -> list[Trajectory]:
     """Run `episodes` whole episodes and return them with their true rewards; info["terminated"]
-    says whether each ended for real (False: cut by a time limit).
+    says whether each ended for real (False: cut by a time limit), info["cut"] whether max_steps cut it.
 
     Episodes run in up to `max_envs` parallel copies; each copy contributes the same number of
     consecutive episodes (its first ones), so short episodes are not over-represented.
     max_steps: cut an episode after this many steps (a time limit of the caller's, on top of the
     env's own; the copy is reset and goes on with its next episode). None: the env's limit only.
     """
+    if max_steps is not None and max_steps < 1:
+        raise ValueError(f"evaluation.max_steps must be >= 1 (or null), got {max_steps}")
     num_envs = min(episodes, max_envs)
     per_env = math.ceil(episodes / num_envs)
     envs = env.make_vec(num_envs)
@@ -44,7 +46,8 @@ def rollout(policy: Policy, env: Environment, episodes: int, seed: int, determin
             if terminated[i] or truncated[i]:
                 if len(done[i]) < per_env:
                     done[i].append(Trajectory(np.array(o, dtype=obs_dtype), np.array(a),
-                                              np.array(r, dtype=np.float32), {"terminated": bool(terminated[i])}))
+                                              np.array(r, dtype=np.float32),
+                                              {"terminated": bool(terminated[i]), "cut": bool(cut[i])}))
                     bar.update(1)
                 buffers[i] = ([], [], [])
         if cut.any():  # the env has not ended these episodes itself: start the copies' next ones

@@ -158,7 +158,7 @@ def _rollout_evaluation(cfg: DictConfig, env: Environment, reward: RewardModel, 
     final = {"eval/true_return_mean": float(eval_returns.mean()), "eval/true_return_std": float(eval_returns.std()),
              "eval/truncated_fraction": float(np.mean([not t.info["terminated"] for t in trajs]))}
     cap = cfg.evaluation.get("max_steps")
-    capped = sum(not t.info["terminated"] and len(t) >= cap for t in trajs) if cap is not None else 0
+    capped = sum(t.info["cut"] for t in trajs)
     if capped:
         log.warning("%d of %d evaluation episodes were cut at evaluation.max_steps=%d; their returns are partial",
                     capped, len(trajs), cap)

@@ -27,10 +27,11 @@ class Noop(Policy):
 def test_max_steps_cuts_episodes_and_the_copies_go_on_with_fresh_ones() -> None:
     env = GymEnv("CartPole-v1", "cartpole")
     whole = rollout(Balancer(), env, 2, seed=0)
-    assert [len(t) for t in whole] == [500, 500] and not any(t.info["terminated"] for t in whole)
+    assert [len(t) for t in whole] == [500, 500] and not any(t.info["terminated"] or t.info["cut"] for t in whole)
     cut = rollout(Balancer(), env, 6, seed=0, max_envs=2, max_steps=40)  # 3 episodes from each of 2 copies
     assert [len(t) for t in cut] == [40] * 6
-    assert not any(t.info["terminated"] for t in cut)
+    assert not any(t.info["terminated"] for t in cut) and all(t.info["cut"] for t in cut)
+    assert not any(t.info["cut"] for t in rollout(Balancer(), env, 2, seed=0, max_steps=500))  # the env's own limit
     np.testing.assert_array_equal(cut[0].obs, whole[0].obs[:40])  # the first episodes are the same ones, cut
     starts = np.array([t.obs[0] for t in cut])
     assert np.abs(starts).max() < 0.05  # each later episode starts from a reset state (|x| <= 0.05), not mid-run
