@@ -56,7 +56,7 @@ def test_presets_hold_the_papers_settings() -> None:
     atari = compose_config("experiment=trex_atari")
     assert atari.env.game == "Breakout" and atari.reward.lr == 5e-5 and atari.reward.num_pairs == 6000
     assert (atari.reward.min_snippet_length, atari.reward.max_snippet_length) == (50, 100)
-    assert atari.reward.squash == "sigmoid" and not atari.reward.fit_offset  # the reference code's reward for PPO
+    assert atari.reward.squash == "none" and not atari.reward.fit_offset  # no living bonus (README)
     learner = atari.preference
     assert learner.learner.total_timesteps // learner.checkpoint_every == 12  # 12 demonstrations
     assert list(compose_config("experiment=drex_atari").reward.noise_levels) == [1.0, 0.75, 0.5, 0.25, 0.02]
