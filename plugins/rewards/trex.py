@@ -29,8 +29,8 @@ offset (the D-REX MuJoCo code's tanh reward variant), so states far from the dem
 reach rewards much below the demonstrations' own and make ending an episode pay; `squash=sigmoid`
 is the T-REX Atari code's reward for PPO (custom_reward_wrapper.py: sigmoid of the net's output),
 taken here of the standardised output so its range does not depend on the raw scale a seed
-happens to learn; it is positive, so with it `fit_offset` is off in the Atari settings, as the
-reference has no offset. `alive_bonus` adds a constant every step (an option of the T-REX and D-REX
+happens to learn (it pays every step, which on Seaquest taught the policy to wait; README).
+`alive_bonus` adds a constant every step (an option of the T-REX and D-REX
 MuJoCo code).
 
 Refits (online preferences, plugins/preferences/online.py): with `warm_start`, calling `fit` again
