@@ -151,13 +151,13 @@ def _rollout_evaluation(cfg: DictConfig, env: Environment, reward: RewardModel, 
     out = run.output_dir
     log.info("evaluating %d episodes on the true reward", cfg.evaluation.episodes)
     demo_returns = returns(prefs.demos) if prefs is not None else np.zeros(0)
+    cap = cfg.evaluation.get("max_steps")  # get: configs saved before the field existed
     trajs = rollout(policy, env, cfg.evaluation.episodes, seed=int(cfg.seed) + 10_000,
                     deterministic=cfg.evaluation.deterministic, desc="evaluation" if run.progress else None,
-                    max_steps=cfg.evaluation.get("max_steps"))  # get: configs saved before the field existed
+                    max_steps=cap)
     eval_returns = returns(trajs)
     final = {"eval/true_return_mean": float(eval_returns.mean()), "eval/true_return_std": float(eval_returns.std()),
              "eval/truncated_fraction": float(np.mean([not t.info["terminated"] for t in trajs]))}
-    cap = cfg.evaluation.get("max_steps")
     capped = sum(t.info["cut"] for t in trajs)
     if capped:
         log.warning("%d of %d evaluation episodes were cut at evaluation.max_steps=%d; their returns are partial",

@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+from mlflow.tracking import MlflowClient
 
 METHODS = ("best demo", "BC", "BC (D-REX's clone)", "T-REX", "D-REX", "PPO, true reward")
 RUN_METHODS = ("BC", "T-REX", "D-REX", "PPO, true reward")  # the methods a run is (the others come from them)
@@ -85,12 +86,8 @@ def write_records(path: Path, records: dict[Key, dict[str, str]]) -> None:
         writer.writerows(records[k] for k in sorted(records, key=order))
 
 
-def store_records(uri: str) -> tuple[dict[Key, dict[str, str]], dict[Key, str]]:
-    """The finished runs of the store's 'rexlab' experiment as records (the newest per key), and their
-    run ids, for fetching plots."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(uri)
+def store_records(client: MlflowClient, uri: str) -> dict[Key, dict[str, str]]:
+    """The finished runs of the store's 'rexlab' experiment as records (the newest per key)."""
     experiment = client.get_experiment_by_name("rexlab")
     if experiment is None:
         raise SystemExit(f"{uri}: no 'rexlab' experiment in this MLflow store")
@@ -115,7 +112,7 @@ def store_records(uri: str) -> tuple[dict[Key, dict[str, str]], dict[Key, str]]:
         if run.info.end_time:
             record["minutes"] = f"{(run.info.end_time - run.info.start_time) / 60_000:.0f}"
         found[key] = record
-    return found, {key: r["run_id"] for key, r in found.items()}
+    return found
 
 
 def merge(records: dict[Key, dict[str, str]], new: dict[Key, dict[str, str]]) -> list[Key]:
@@ -227,18 +224,16 @@ def summary_plot(records: dict[Key, dict[str, str]], path: Path) -> None:
     plt.close(fig)
 
 
-def copy_plots(uri: str, run_ids: dict[Key, str], changed: list[Key], img: Path) -> None:
+def copy_plots(client: MlflowClient, records: dict[Key, dict[str, str]], changed: list[Key], img: Path) -> None:
     """One reward-extrapolation plot per env and learned-reward method, from the lowest-seed changed run."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(uri)
     done: set[tuple[str, str]] = set()
     for env, method, seed in sorted(changed, key=lambda k: seed_order(k[2])):
         if method not in ("T-REX", "D-REX") or (env, method) in done:
             continue
         with tempfile.TemporaryDirectory() as tmp:
             try:
-                local = client.download_artifacts(run_ids[(env, method, seed)], "plots/reward_extrapolation.png", tmp)
+                local = client.download_artifacts(records[(env, method, seed)]["run_id"],
+                                                  "plots/reward_extrapolation.png", tmp)
             except Exception:  # a run without the plot
                 continue
             name = re.sub(r"\W+", "-", f"{env}-{method.replace('-', '')}").strip("-").lower() + ".png"
@@ -256,12 +251,13 @@ def main() -> None:
     args = parser.parse_args()
     records = read_records(args.records)
     img = args.out.parent / "img"
-    img.mkdir(exist_ok=True)
+    img.mkdir(parents=True, exist_ok=True)
     for uri in args.uri:
-        new, run_ids = store_records(uri)
+        client = MlflowClient(uri)
+        new = store_records(client, uri)
         changed = merge(records, new)
         print(f"{uri}: {len(new)} runs, {len(changed)} new or newer records")
-        copy_plots(uri, run_ids, changed, img)
+        copy_plots(client, records, changed, img)
     write_records(args.records, records)
     summary_plot(records, img / SUMMARY)
     args.out.write_text(render(records, args.intro.read_text() if args.intro.exists() else "", img))

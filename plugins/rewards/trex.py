@@ -30,8 +30,7 @@ reach rewards much below the demonstrations' own and make ending an episode pay;
 is the T-REX Atari code's reward for PPO (custom_reward_wrapper.py: sigmoid of the net's output),
 taken here of the standardised output so its range does not depend on the raw scale a seed
 happens to learn (it pays every step, which on Seaquest taught the policy to wait; README).
-`alive_bonus` adds a constant every step (an option of the T-REX and D-REX
-MuJoCo code).
+`alive_bonus` adds a constant every step (an option of the T-REX and D-REX MuJoCo code).
 
 Refits (online preferences, plugins/preferences/online.py): with `warm_start`, calling `fit` again
 with more preferences continues training the existing nets (a fresh Adam state, new snippet pairs
