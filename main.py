@@ -7,11 +7,15 @@ from omegaconf import DictConfig
 
 from core.cli import quote_bool_choices
 from core.pipeline import hydra_context, run_pipeline
+from core.signals import Interrupted
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
-    metrics = run_pipeline(cfg, **hydra_context())
+    try:
+        metrics = run_pipeline(cfg, **hydra_context())
+    except Interrupted as stop:  # SIGTERM / SIGINT: checkpointed, the run marked KILLED, the resume command printed
+        sys.exit(stop.exit_code)
     return metrics["eval/true_return_mean"]
 
 

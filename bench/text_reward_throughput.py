@@ -53,7 +53,7 @@ from torch.utils.data import DataLoader  # noqa: E402
 
 from core.run import RunContext  # noqa: E402
 from core.tracking import NullTracker  # noqa: E402
-from plugins.policies.lm import MINILM, load_encoder, load_tokenizer, resolve, tiny_encoder  # noqa: E402
+from plugins.lm import MINILM, load_encoder, load_tokenizer, resolve, tiny_encoder  # noqa: E402
 from plugins.preferences.file import read_preference_file  # noqa: E402
 from plugins.rewards.bradley_terry import (  # noqa: E402
     BradleyTerry,

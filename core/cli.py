@@ -1,10 +1,12 @@
-"""Command-line fixes applied before Hydra parses the overrides."""
+"""Command-line fixes applied before Hydra parses the overrides, and the resolver Hydra's run folder uses."""
 
 from __future__ import annotations
 
 import re
 
-from core.compat import CONF_DIR
+from omegaconf import OmegaConf
+
+from core.variants import CONF_DIR
 
 BOOL_WORDS = {"true", "false"}
 
@@ -23,3 +25,13 @@ def quote_bool_choices(args: list[str]) -> list[str]:
                 arg = f"{match.group(1)}{match.group(2)}={quoted}"
         out.append(arg)
     return out
+
+
+def run_dir(resume: str | None, fresh: str) -> str:
+    """hydra.run.dir: a resumed run's own folder (resume=PATH), else a fresh one. (resume=runs:/<id> is found
+    through the tracker later; Hydra's own files then go to the fresh folder.)"""
+    return str(resume) if resume and not str(resume).startswith("runs:/") else fresh
+
+
+if not OmegaConf.has_resolver("rexlab_run_dir"):
+    OmegaConf.register_new_resolver("rexlab_run_dir", run_dir)

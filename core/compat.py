@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from core.interfaces import Capabilities, Environment
+from core.variants import CONF_DIR, VARIANTS, preset_keys
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+CORE_KEYS = {"init"}
+"""Keys core reads from a group's node, never passed to the plugin (`policy.init`, `reward.init`)."""
 
 
 class IncompatibleError(ValueError):
@@ -39,9 +40,9 @@ def _fits_env(caps: Capabilities, env: Environment) -> bool:
 
 
 def _per_env_class(group: str, env_option: str, option: str) -> Any | None:
-    """The class a per-env overlay (conf/per_env/<group>/<env>_<option>.yaml) swaps in, if it sets one."""
-    file = CONF_DIR / "per_env" / group / f"{env_option}_{option}.yaml"
-    target = OmegaConf.select(OmegaConf.load(file), "_target_") if file.exists() else None
+    """The class an option's env variant (`variants: <env>: _target_:` in conf/<group>/<option>.yaml) swaps in."""
+    file = CONF_DIR / group / f"{option}.yaml"
+    target = OmegaConf.select(OmegaConf.load(file), f"{VARIANTS}.{env_option}._target_") if file.exists() else None
     return get_class(target) if target else None
 
 
@@ -57,13 +58,15 @@ def uses_source(classes: dict[str, Any]) -> bool:
     return bool(classes["reward"].capabilities.needs_preferences or classes["policy"].capabilities.needs_demonstrations)
 
 
-def check_compatible(env: Environment, choices: dict[str, str], classes: dict[str, Any]) -> None:
-    """choices: group -> option name (env, reward, preference, policy); classes: group -> plugin class.
+def check_compatible(env: Environment, choices: dict[str, str], classes: dict[str, Any],
+                     source_used: bool | None = None) -> None:
+    """choices: group -> option name (env, reward, preference, policy); classes: group -> plugin class;
+    source_used: whether the preference source runs (None: uses_source(classes)).
 
     Raises IncompatibleError naming the parts and the options that would work.
     """
     where = f"env={choices['env']} (observations '{env.observation_kind}', actions '{env.action_kind}')"
-    source_used = uses_source(classes)
+    source_used = uses_source(classes) if source_used is None else source_used
     groups = ["policy", "reward"] + (["preference"] if source_used else [])
     for group in groups:
         caps: Capabilities = classes[group].capabilities
@@ -108,7 +111,7 @@ def check_nested(cfg: DictConfig, env: Environment, choices: dict[str, str], gro
     """The plugins configured inside others (preference.learner, reward.cloner, ...): each must work with
     the env, and have what its parent's `Capabilities.requires` asks of it. Raises IncompatibleError."""
     for group in groups:
-        _check_children(cfg[group], group, env, choices)
+        _check_children(OmegaConf.select(cfg, group), group, env, choices)
 
 
 def _check_children(node: DictConfig, key: str, env: Environment, choices: dict[str, str]) -> None:
@@ -149,12 +152,13 @@ def _accepted_fields(cls: Any) -> set[str] | None:
     return None
 
 
-def _unknown_fields(node: DictConfig, key: str) -> dict[str, list[str]]:
+def _unknown_fields(node: DictConfig, key: str, ignore: set[str] = frozenset()) -> dict[str, list[str]]:  # type: ignore[assignment]
     """{config key of a plugin: its keys the class it builds does not take}, for the node at `key` (it has a
-    `_target_`) and the plugins nested in it."""
+    `_target_`) and the plugins nested in it; `ignore`: keys of the node core reads itself."""
     names = _accepted_fields(plugin_class(node))
     out: dict[str, list[str]] = {}
-    unknown = [f"{key}.{k}" for k in map(str, node) if names is not None and k not in HYDRA_KEYS and k not in names]
+    unknown = [f"{key}.{k}" for k in map(str, node)
+               if names is not None and k not in HYDRA_KEYS | ignore and k not in names]
     if unknown:
         out[key] = unknown
     for name, child in _plugin_children(node):
@@ -162,44 +166,22 @@ def _unknown_fields(node: DictConfig, key: str) -> dict[str, list[str]]:
     return out
 
 
-def _preset_keys(preset: str) -> set[str]:
-    """Every dotted key the preset conf/experiment/<preset>.yaml sets, with the presets it builds on."""
-    file = CONF_DIR / "experiment" / f"{preset}.yaml"
-    if not file.exists():
-        return set()
-    conf = OmegaConf.load(file)
-    assert isinstance(conf, DictConfig)
-    keys: set[str] = set()
-
-    def walk(node: Any, prefix: str) -> None:
-        for k, v in node.items():
-            if k != "defaults":
-                keys.add(prefix + str(k))
-                if isinstance(v, DictConfig):
-                    walk(v, f"{prefix}{k}.")
-
-    walk(conf, "")
-    for base in conf.get("defaults", []):
-        if isinstance(base, str) and base != "_self_":
-            keys |= _preset_keys(base)
-    return keys
-
-
 def check_fields(cfg: DictConfig, choices: dict[str, str], groups: tuple[str, ...]) -> None:
     """Refuse config keys a plugin does not take (say, a T-REX preset's `reward.num_pairs` with
     reward=true) before anything is built, naming the keys, the class and the preset that set them."""
     for group in groups:
-        for key, unknown in _unknown_fields(cfg[group], group).items():
+        for key, unknown in _unknown_fields(OmegaConf.select(cfg, group), group, CORE_KEYS).items():
             cls = plugin_class(OmegaConf.select(cfg, key)).__name__
-            what = f"{group}={choices[group]}" if key == group else key
+            what = f"{group}={choices[group]}" if key == group and group in choices else key
             preset = choices.get("experiment") or "None"
             source = ""
-            if preset != "None" and set(unknown) & _preset_keys(preset):
+            if preset != "None" and set(unknown) & preset_keys(preset):
                 source = (f" experiment={preset} sets them for another {group} option; drop the preset and set "
                           f"what you need directly (e.g. policy.total_timesteps=...).")
+            where = (f"conf/{group}/{choices[group]}.yaml and the files it includes" if group in choices
+                     else "the option files (conf/policy/, conf/preference/, ...) it was composed from")
             raise IncompatibleError(f"{what} ({cls}) takes no field(s) {', '.join(unknown)}.{source} The fields "
-                                    f"each option takes are in conf/{group}/{choices[group]}.yaml and the "
-                                    f"files it includes.")
+                                    f"each option takes are in {where}.")
 
 
 def _check_online(choices: dict[str, str], classes: dict[str, Any]) -> None:

@@ -1,18 +1,23 @@
 """The four interfaces every plugin implements, plus the environment they act in.
 
-Plugins implement these; the pipeline (core/pipeline.py) only ever talks to them. Each class declares
-`capabilities`, which core/compat.py checks before any work starts.
+Plugins implement these; the pipeline (core/pipeline.py, core/stages.py) only ever talks to them. Each
+class declares `capabilities`, which core/compat.py checks before any work starts. The text track adds
+three narrower interfaces the text plugins talk through: a prompt task (`PromptTask`), a language
+policy (`LanguagePolicy`) and a text reward (`RewardModel.score`).
 """
 
 from __future__ import annotations
 
+import pickle
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import gymnasium as gym
 import numpy as np
+import torch
 
 from core.types import Preferences, Trajectory
 
@@ -77,6 +82,27 @@ class Environment(ABC):
         make_vec's copies observe, for videos of a policy; None where the task cannot render."""
         return None
 
+    def snapshot(self, envs: gym.vector.VectorEnv) -> Any | None:
+        """What `restore` needs to continue `envs` (made by make_vec) exactly where they are, episodes
+        in progress and random streams included, after the process restarts (a checkpoint); None where
+        that cannot be saved (the episodes in progress are then lost on resume). Default: the vector
+        env pickled whole, which holds every state of pure-Python environments."""
+        try:
+            return pickle.dumps(envs)
+        except (TypeError, pickle.PicklingError, AttributeError):
+            return None
+
+    def restore(self, snapshot: Any) -> gym.vector.VectorEnv:
+        """The vector env `snapshot` describes (made by `snapshot` of this task)."""
+        return pickle.loads(snapshot)
+
+    def signature(self) -> dict[str, Any]:
+        """What a policy or reward learned on this task depends on, to refuse loading one into a task it
+        does not fit: the name, observation and action kinds, and the spaces' shapes."""
+        return {"env": self.name, "observations": self.observation_kind, "actions": self.action_kind,
+                "observation_shape": list(self.observation_space.shape or ()),
+                "action_space": str(self.action_space)}
+
     def evaluate(self, policy: Policy, reward: RewardModel, run: RunContext, episodes: int,
                  seed: int) -> dict[str, float] | None:
         """The final evaluation of tasks not measured by episodes of true return alone (text: gold
@@ -96,16 +122,73 @@ class Environment(ABC):
         """The single-environment action space."""
 
 
+TOKEN_PAD = -1
+"""Padding of a PromptTask's observations (token ids are >= 0)."""
+
+
+class PromptTask(Environment):
+    """Writing a response to a prompt as a token-level MDP (env=text): the state is the prompt and the
+    tokens so far (observations: token ids right-padded with TOKEN_PAD), the action the next token of
+    the language model `model`; an episode ends at its end-of-sequence token or after `max_new_tokens`.
+
+    model: the language model whose tokens are the actions (a hub id, packaged model or local folder),
+        the starting policy of text optimizers unless a recipe stage hands them another.
+    train_prompts / eval_prompts: a fixed split; optimizers and samplers draw only training prompts,
+        the final evaluation uses only held-out ones.
+    """
+
+    model: str
+    max_new_tokens: int
+    train_prompts: list[str]
+    eval_prompts: list[str]
+
+    @abstractmethod
+    def gold(self, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
+        """The task's true reward of whole responses (N,), the gold standard no learner sees."""
+
+    @abstractmethod
+    def evaluate_text(self, policy: LanguagePolicy, reward: RewardModel, run: RunContext, episodes: int,
+                      seed: int, tag: str) -> dict[str, float]:
+        """Held-out evaluation of a language policy against its reference (eval/gold_reward_mean,
+        eval/kl_to_ref, eval/win_rate_vs_ref, ...), with the samples written as samples/<tag>.jsonl."""
+
+
 class Policy(ABC):
     """Acts. Control: a batch of observations (N, *obs_shape) -> actions (N, *action_shape).
 
     Actor-critic policies also expose a value estimate; the optimizer that trained a policy knows how;
-    the rest of rexlab only calls `act`.
+    the rest of rexlab only calls `act` (and `save`, to keep the policy as an artifact).
     """
 
     @abstractmethod
     def act(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
         """Sample (or, if deterministic, take the mode of) the action distribution for each row."""
+
+    def save(self, path: Path) -> dict[str, Any]:
+        """Write the policy as an artifact at `path` without its suffix (a control policy: path.pt; a
+        language model: the folder `path`) and return the config node that loads it back: a `_target_`
+        and its arguments, `path` relative to path's parent; core/artifacts.py instantiates it with the
+        task's `observation_space` and `action_space` as keyword arguments."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be saved")
+
+
+class LanguagePolicy(Policy):
+    """A language model acting in a PromptTask, with the reference policy it is measured against
+    (the model it started from)."""
+
+    @abstractmethod
+    def sample(self, prompts: Sequence[str], seed: int, reference: bool = False) -> tuple[Any, list[str]]:
+        """Responses to `prompts` (with a generator seeded by `seed`; the reference's with
+        reference=True): a handle for `log_ratio` and the texts."""
+
+    @abstractmethod
+    def log_ratio(self, sampled: Any) -> np.ndarray:
+        """For responses `sample` returned: the summed log pi - log pi_ref of each response's tokens (N,),
+        a Monte Carlo sample of KL(pi || pi_ref) in nats per response."""
+
+    @abstractmethod
+    def response_lengths(self, sampled: Any) -> np.ndarray:
+        """For responses `sample` returned: each one's length in tokens, its end-of-sequence token included (N,)."""
 
 
 class RewardModel(ABC):
@@ -118,6 +201,9 @@ class RewardModel(ABC):
 
     capabilities: ClassVar[Capabilities]
     uses_env_reward: ClassVar[bool] = False
+    baselines: dict[str, float]
+    """True returns of baseline policies trained on the way (D-REX's behavioural clone: {"bc": ...}), for
+    the evaluation's eval/beats_<name>. Set by `fit`; empty where there are none."""
 
     @abstractmethod
     def fit(self, prefs: Preferences, env: Environment, run: RunContext) -> None:
@@ -141,6 +227,19 @@ class RewardModel(ABC):
         """What a checkpoint of this model holds (empty when nothing is learned)."""
         return {}
 
+    def load_state_dict(self, state: dict) -> None:  # noqa: B027 (nothing to restore unless learned)
+        """Restore what `state_dict` returned (the model is built from the same config)."""
+
+    def save(self, folder: Path) -> None:
+        """Write the learned model into `folder` (an artifact a later stage or run loads with `load`);
+        default: state_dict() as folder/reward.pt."""
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.save(self.state_dict(), folder / "reward.pt")
+
+    def load(self, folder: Path) -> None:
+        """Restore a model `save` wrote into `folder`, in an instance built from the same config."""
+        self.load_state_dict(torch.load(folder / "reward.pt", weights_only=False))
+
 
 @runtime_checkable
 class EnsembleReward(Protocol):
@@ -153,9 +252,36 @@ class EnsembleReward(Protocol):
         ...
 
 
-IterationCallback = Callable[[Policy, int, float], bool]
-"""Called after each rollout with (policy, env steps so far, recent mean true return); returning
-True stops the optimisation."""
+class IterationCallback(ABC):
+    """Called by an optimizer after each rollout with (policy, env steps so far, recent mean true
+    return); returning True stops the optimisation. Callbacks with state (the demonstrations collected
+    so far, the preferences asked so far) give it to the optimizer's checkpoints through
+    state_dict/load_state_dict, so a resumed run continues with it."""
+
+    @abstractmethod
+    def __call__(self, policy: Policy, env_steps: int, recent_return: float) -> bool:
+        """React to the current policy; True stops the optimisation."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint must hold to continue this callback after a restart."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: B027 (stateless callbacks restore nothing)
+        """Restore what `state_dict` returned."""
+
+
+@dataclass(frozen=True)
+class SavedPolicy:
+    """A policy saved as an artifact: `path` without suffix (a control policy: path.pt with its config
+    path.yaml; a language model: the save_pretrained folder `path`, its config path/rexlab.yaml).
+    Optimizers start from it (`init`); core/artifacts.py loads it."""
+
+    path: Path
+
+    @property
+    def model(self) -> str:
+        """A language model's folder, as a name `from_pretrained` takes."""
+        return str(self.path)
 
 
 class PreferenceSource(ABC):
@@ -164,8 +290,10 @@ class PreferenceSource(ABC):
     capabilities: ClassVar[Capabilities]
 
     @abstractmethod
-    def gather(self, env: Environment, run: RunContext) -> Preferences:
-        """Collect items (trajectories) and the preferences between them."""
+    def gather(self, env: Environment, run: RunContext, policy: SavedPolicy | None = None) -> Preferences:
+        """Collect items (trajectories or responses) and the preferences between them. `policy`: the
+        current policy where an earlier stage of the recipe made one (text: the model whose responses
+        are compared, e.g. the SFT model); None: the task's starting model."""
 
     def online_callback(self, prefs: Preferences, reward: RewardModel, env: Environment,
                         run: RunContext) -> IterationCallback | None:
@@ -189,9 +317,12 @@ class Optimizer(ABC):
         run: RunContext,
         demonstrations: list[Trajectory] | None = None,
         callback: IterationCallback | None = None,
+        init: SavedPolicy | None = None,
     ) -> Policy:
         """Train and return the final policy. `reward.uses_env_reward` selects the true reward;
-        `demonstrations` (best first) are given to optimizers that declare needs_demonstrations."""
+        `demonstrations` (best first) are given to optimizers that declare needs_demonstrations;
+        `init`: the policy to start from (an earlier stage's, or policy.init); None: a fresh one
+        (text: the task's model). Text optimizers measure their KL against where they started."""
 
 
 class EnvReward(RewardModel):
@@ -200,6 +331,9 @@ class EnvReward(RewardModel):
 
     capabilities = Capabilities(needs_preferences=False)
     uses_env_reward = True
+
+    def __init__(self) -> None:
+        self.baselines = {}
 
     def fit(self, prefs: Preferences, env: Environment, run: RunContext) -> None:
         raise RuntimeError("reward=true learns nothing; the pipeline never calls fit on it")

@@ -1,189 +1,366 @@
-"""The pipeline: demonstrations -> preferences -> reward -> policy -> evaluation.
+"""The pipeline: check the config, build the recipe of stages (core/stages.py), run it, keep everything.
 
-It names no concrete plugin: every part comes from the config's `_target_`s, and the capability
-check runs before any of them does work. Each finished stage writes its checkpoint at once, and the
-tracking run is closed (FAILED on an error) whatever happens, so nothing done is lost.
+It names no concrete plugin: every part comes from the config's `_target_`s, and every check (typed
+fields, known keys, plugins against the env, stages against each other, artifacts loaded from other runs
+against the task) runs before any of them does work. Each finished stage saves its artifacts and the
+run's state (checkpoints/run_state.pkl: finished stages, random states, metric history), so
+`resume=PATH` goes on from the first unfinished stage, continuing its last checkpoint, in the same
+tracking run. The tracking run is closed whatever happens: FINISHED, FAILED on an error, KILLED on
+SIGTERM/SIGINT (core/signals.py), after which the way to resume is printed.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import pickle
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-from core.compat import check_compatible, check_fields, check_nested, plugin_class, uses_source
-from core.demo_files import save_demos
-from core.evaluation import pearson, returns, rollout
-from core.interfaces import Environment, Optimizer, Policy, PreferenceSource, RewardModel
-from core.plots import learning_curve, reward_extrapolation
-from core.run import RunContext
+from core import signals
+from core.artifacts import check_policy, check_reward, find_policy, find_reward, write_atomic
+from core.compat import (
+    CORE_KEYS,
+    IncompatibleError,
+    check_compatible,
+    check_fields,
+    check_nested,
+    plugin_class,
+    uses_source,
+)
+from core.interfaces import Environment, Optimizer, PreferenceSource, RewardModel
+from core.plots import learning_curve
+from core.run import Checkpointing, RunContext, rng_state, set_rng_state
+from core.schema import NonNegativeInt, PositiveInt, check_config
+from core.stages import (
+    LANGUAGE_MODEL,
+    POLICY,
+    Artifacts,
+    Evaluate,
+    FitReward,
+    Gather,
+    Optimize,
+    Settings,
+    Stage,
+    check_recipe,
+)
 from core.tracking import Tracker
-from core.types import Preferences, Trajectory
-from core.video import record_episode
+from core.variants import CONF_DIR, override_keys, preset_keys, resolve_variants
 
 log = logging.getLogger(__name__)
 GROUPS = ("env", "reward", "preference", "policy")
+STATE = "run_state.pkl"
+IGNORED_ON_RESUME = ("resume", "progress")  # keys a resumed run may change
+
+
+# ---------------------------------------------------------------- the run's own settings (typed)
+@dataclass
+class EvaluationSettings:
+    episodes: PositiveInt = 10
+    deterministic: bool = False
+    max_steps: PositiveInt | None = None
+
+
+@dataclass
+class VideoSettings:
+    enabled: bool = True
+    max_steps: PositiveInt = 1000
+    fps: PositiveInt = 30
+
+
+@dataclass
+class CheckpointSettings:
+    every: PositiveInt = 100
+
+
+@dataclass
+class RunSettings:
+    """The top-level keys of conf/config.yaml that are not plugins; documented there."""
+
+    seed: NonNegativeInt = 0
+    progress: bool = True
+    resume: str | None = None
+    evaluation: EvaluationSettings = field(default_factory=EvaluationSettings)
+    video: VideoSettings = field(default_factory=VideoSettings)
+    checkpoint: CheckpointSettings = field(default_factory=CheckpointSettings)
+    recipe: dict = field(default_factory=dict)
+
+
+@dataclass
+class RunState:
+    """What a resumed run needs besides the artifacts: the tracking run, the finished stages, the random
+    states and metric history as of the last one, and who ran it (a RUNNING run whose process is gone)."""
+
+    run_id: str | None
+    finished: list[str] = field(default_factory=list)
+    rng: dict[str, Any] = field(default_factory=rng_state)
+    history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    pid: int = field(default_factory=os.getpid)
+    host: str = field(default_factory=socket.gethostname)
+
+    def save(self, folder: Path) -> None:
+        write_atomic(folder / STATE, pickle.dumps(self))
+
+    @staticmethod
+    def load(folder: Path) -> RunState:
+        with open(folder / STATE, "rb") as f:
+            state = pickle.load(f)
+        assert isinstance(state, RunState)
+        return state
+
+
+def finalize_config(cfg: DictConfig, choices: dict[str, str], overrides: Sequence[str]) -> DictConfig:
+    """The composed config as the run uses it: the plugins' env and budget variants applied
+    (core/variants.py), below the preset's and the command line's own settings."""
+    explicit = preset_keys(choices.get("experiment")) | override_keys(overrides)
+    return resolve_variants(cfg, choices["env"], choices.get("budget", "full"), explicit)
+
+
+def plugin_node(cfg: DictConfig, key: str) -> DictConfig:
+    """A plugin's node without the keys core reads itself (`init`), as instantiate gets it."""
+    node = OmegaConf.select(cfg, key)
+    assert isinstance(node, DictConfig)
+    out = node.copy()
+    with open_dict(out):
+        for k in CORE_KEYS:
+            out.pop(k, None)
+    return out
+
+
+def _check_preset(choices: dict[str, str]) -> None:
+    preset = choices.get("experiment")
+    if preset not in (None, "None", "null") and not (CONF_DIR / "experiment" / f"{preset}.yaml").exists():
+        known = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
+        raise IncompatibleError(f"experiment={preset}: no such preset (conf/experiment/{preset}.yaml); "
+                                f"the presets are {', '.join(known)}")
+
+
+def _locate(spec: str, tracker: Tracker, key: str) -> Path:
+    """A run's output folder (or an artifact) from `spec`: a path, or runs:/<id> through the tracker."""
+    if spec.startswith("runs:/"):
+        return tracker.locate(spec.removeprefix("runs:/").strip("/"))
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"{key}={spec}: no such folder or file")
+    return path
+
+
+def _config_differences(saved: DictConfig, now: DictConfig) -> list[str]:
+    def flat(c: DictConfig) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+
+        def walk(node: Any, prefix: str) -> None:
+            if isinstance(node, dict) and node:
+                for k, v in node.items():
+                    walk(v, f"{prefix}{k}.")
+            else:
+                out[prefix[:-1]] = node
+
+        walk(OmegaConf.to_container(c, resolve=True), "")
+        return {k: v for k, v in out.items() if k.split(".")[0] not in IGNORED_ON_RESUME}
+
+    a, b = flat(saved), flat(now)
+    return [f"{k}: {a.get(k, '(unset)')} in the run, {b.get(k, '(unset)')} now" for k in sorted(set(a) | set(b))
+            if a.get(k, "(unset)") != b.get(k, "(unset)")]
 
 
 def run_pipeline(cfg: DictConfig, choices: dict[str, str], output_dir: Path, sweep_dir: Path | None = None,
-                 job: int | None = None, overrides: str = "") -> dict[str, float]:
-    """Run every stage the config asks for; returns the final metrics.
+                 job: int | None = None, overrides: Sequence[str] = ()) -> dict[str, float]:
+    """Run every stage the config asks for (or, with resume=PATH, those a stopped run left); returns the
+    final metrics.
 
-    choices: the option picked in each config group (for names, tags and messages).
-    sweep_dir, job: the multirun's sweep folder (the run attaches to the sweep's parent run) and
-    the job's number (added to the run name). overrides: the command line's overrides (a tag).
+    choices: the option picked in each config group (for names, tags and messages). sweep_dir, job: the
+    multirun's sweep folder (the run attaches to the sweep's parent run) and the job's number (added to
+    the run name). overrides: the command line's overrides (a tag, and the resume command).
     """
+    overrides = list(overrides)
+    _check_preset(choices)
+    cfg = finalize_config(cfg, choices, overrides)
+    classes = {g: plugin_class(cfg[g]) for g in GROUPS if g != "env"}
+    policy_init, reward_init = cfg.policy.get("init"), cfg.reward.get("init")
+    source_used = uses_source(classes) and not (reward_init and not classes["policy"].capabilities.needs_demonstrations
+                                                and not classes["preference"].capabilities.queries_online)
+    used = ("env", "reward", "policy") + (("preference",) if source_used else ())
+    check_config(cfg, [*used, *(f"recipe.{k}" for k in cfg.recipe)], RunSettings)
+    check_fields(cfg, choices, (*used, *(f"recipe.{k}" for k in cfg.recipe)))
+    tracker: Tracker = instantiate(cfg.tracking)
+
+    resuming = cfg.get("resume") is not None
+    if resuming:
+        output_dir = _locate(str(cfg.resume), tracker, "resume")
+        if not (output_dir / "checkpoints" / STATE).is_file():
+            raise FileNotFoundError(f"resume={cfg.resume}: {output_dir} holds no run state (checkpoints/{STATE}); "
+                                    f"it is not the output folder of a rexlab run")
+        differences = _config_differences(OmegaConf.load(output_dir / "config.yaml"), cfg)  # type: ignore[arg-type]
+        if differences:
+            raise IncompatibleError(f"resume={cfg.resume}: the config differs from the run's (config.yaml), so it "
+                                    f"cannot continue it; use the run's overrides. Differences:\n  "
+                                    + "\n  ".join(differences))
+
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     torch.use_deterministic_algorithms(True)
-    classes = {g: plugin_class(cfg[g]) for g in GROUPS if g != "env"}
-    source_used = uses_source(classes)
-    used = ("env", "reward", "policy") + (("preference",) if source_used else ())  # an unused source is not built
-    check_fields(cfg, choices, used)
     env: Environment = instantiate(cfg.env)
-    check_compatible(env, choices, classes)
-    check_nested(cfg, env, choices, used[1:])
-    reward: RewardModel = instantiate(cfg.reward)
-    optimizer: Optimizer = instantiate(cfg.policy)
-    source: PreferenceSource | None = instantiate(cfg.preference) if source_used else None
+    text = env.observation_kind == "text"
+    check_compatible(env, choices, classes, source_used)
+    check_nested(cfg, env, choices, (*used[1:], *(f"recipe.{k}" for k in cfg.recipe)))
 
-    tracker: Tracker = instantiate(cfg.tracking)
+    init_tags: dict[str, str] = {}
+    given: set[str] = set()
+    start_policy = None
+    if policy_init:
+        start_policy = find_policy(_locate(str(policy_init), tracker, "policy.init"))
+        check_policy(start_policy, env, f"policy.init={policy_init}")
+        init_tags["init.policy"] = f"{policy_init} ({start_policy.path})"
+        given.add(LANGUAGE_MODEL if text else POLICY)
+    reward_folder = None
+    if reward_init:
+        if classes["reward"].uses_env_reward:
+            raise IncompatibleError(f"reward.init={reward_init}: reward={choices['reward']} learns nothing to load")
+        reward_folder = find_reward(_locate(str(reward_init), tracker, "reward.init"))
+        init_tags["init.reward"] = f"{reward_init} ({reward_folder})"
+
+    reward: RewardModel = instantiate(plugin_node(cfg, "reward"))
+    optimizer: Optimizer = instantiate(plugin_node(cfg, "policy"))
+    source: PreferenceSource | None = instantiate(cfg.preference) if source_used else None
+    stages: list[Stage] = []
+    if not policy_init:  # the recipe's own stages make the model the policy starts from
+        for name in cfg.recipe:
+            part = instantiate(cfg.recipe[name])
+            if not isinstance(part, Optimizer):
+                raise IncompatibleError(f"recipe.{name} builds a {type(part).__name__}; a recipe stage is an "
+                                        f"optimizer (conf/policy/*.yaml), e.g. `- /policy/sft@recipe.sft`")
+            stages.append(Optimize(part, str(name), text, uses_reward=False))
+    learned = classes["reward"].capabilities.needs_preferences
+    if source is not None:
+        stages.append(Gather(source))
+    if learned:
+        stages.append(FitReward(reward, cfg.reward._target_, reward_folder, str(reward_init)))
+    online = source if source is not None and type(source).capabilities.queries_online else None
+    stages.append(Optimize(optimizer, "policy", text, uses_reward=learned, online=online,
+                           reward_target=cfg.reward._target_))
+    stages.append(Evaluate(text))
+    check_recipe(stages, given)
+    if reward_folder is not None:  # before any work: the loaded model must fit this reward option and task
+        check_reward(reward_folder, env, cfg.reward._target_, f"reward.init={reward_init}")
+
     name = "-".join(f"{choices[g]}" for g in GROUPS if g != "preference" or source_used) + f"-s{cfg.seed}"
     if job is not None:
         name += f"-job{job}"
-    tags = {f"choice.{g}": choices[g] for g in GROUPS} | ({"overrides": overrides} if overrides else {})
-    tracker.start(name, cfg, sweep_dir, tags)
-    status = "FAILED"
+    settings = Settings(env, output_dir / "checkpoints", cfg.evaluation.episodes, cfg.evaluation.deterministic,
+                        cfg.evaluation.get("max_steps"), cfg.video.enabled, cfg.video.max_steps, cfg.video.fps, name)
+    return _run(cfg, stages, settings, tracker, Artifacts(reward=reward, policy=start_policy), choices, name,
+                sweep_dir, overrides, init_tags, resuming)
+
+
+def _run(cfg: DictConfig, stages: list[Stage], s: Settings, tracker: Tracker, artifacts: Artifacts,
+         choices: dict[str, str], name: str, sweep_dir: Path | None, overrides: list[str], init_tags: dict[str, str],
+         resuming: bool) -> dict[str, float]:
+    output_dir = s.checkpoints.parent
+    s.checkpoints.mkdir(parents=True, exist_ok=True)
+    tags = ({f"choice.{g}": choices[g] for g in GROUPS} | ({"overrides": " ".join(overrides)} if overrides else {})
+            | {"rexlab.output_dir": str(output_dir.resolve()), "rexlab.pid": str(os.getpid()),
+               "rexlab.host": socket.gethostname()} | init_tags)
+    if resuming:
+        state = RunState.load(s.checkpoints)
+        _report_stale(state)
+        tracker.resume(state.run_id)
+        for tag, value in tags.items():
+            if tag.startswith("rexlab."):
+                tracker.set_tag(tag, value)
+        set_rng_state(state.rng)
+        tracker.restore_history(state.history)
+        state.pid, state.host = os.getpid(), socket.gethostname()
+    else:
+        state = RunState(tracker.start(name, cfg, sweep_dir, tags))
+        OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
+        tracker.log_artifact(output_dir / "config.yaml")
+    state.save(s.checkpoints)
+    log.info("recipe: %s", " -> ".join(stage.name for stage in stages))
+    status, current = "FAILED", ""
+    run = RunContext(seed=int(cfg.seed), output_dir=output_dir, tracker=tracker, progress=cfg.progress)
     try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        config_file = output_dir / "config.yaml"
-        OmegaConf.save(cfg, config_file, resolve=True)
-        tracker.log_artifact(config_file)
-        run = RunContext(seed=int(cfg.seed), output_dir=output_dir, tracker=tracker, progress=cfg.progress)
-        metrics = _stages(cfg, env, reward, optimizer, source, run, name)
+        with signals.installed():
+            for k, stage in enumerate(stages):
+                current = stage.name
+                if stage.name in state.finished:
+                    log.info("stage %d/%d: %s, finished before: loading its artifacts", k + 1, len(stages), stage.name)
+                    stage.load(artifacts, s)
+                    continue
+                log.info("stage %d/%d: %s (%s)", k + 1, len(stages), stage.name, stage.describe())
+                resume_file = s.checkpoints / "resume" / f"{stage.name}.ckpt"
+                stage.run(artifacts, s, RunContext(
+                    seed=run.seed, output_dir=output_dir, tracker=tracker, progress=run.progress,
+                    checkpoint=Checkpointing(resume_file, int(cfg.checkpoint.every), resume=resuming)))
+                state.finished.append(stage.name)
+                state.rng, state.history = rng_state(), {key: list(v) for key, v in tracker.history.items()}
+                state.save(s.checkpoints)
+                resume_file.unlink(missing_ok=True)
+        metrics = _summary(artifacts, tracker, s, name)
         status = "FINISHED"
-    except KeyboardInterrupt:
+        return metrics
+    except SIGTERMException as stop:  # Lightning's own SIGTERM exit (raised where our checkpoint could not run)
         status = "KILLED"
+        raise signals.Interrupted(15) from stop
+    except signals.Interrupted as stop:
+        status = "KILLED"
+        again = " ".join(o for o in overrides if not o.startswith("resume="))
+        print(f"\n{name}: stopped by {stop.name} in stage '{current}'; what it finished is saved in {output_dir}. "
+              f"Resume with: python main.py {again} resume={output_dir}".replace("  ", " "), flush=True)
         raise
     finally:
         try:
             tracker.end(status)
         except Exception as err:  # never hide the error that ended the run
             log.error("could not close the tracking run: %s", err)
-    return metrics
 
 
-def _stages(cfg: DictConfig, env: Environment, reward: RewardModel, optimizer: Optimizer,
-            source: PreferenceSource | None, run: RunContext, name: str) -> dict[str, float]:
-    out, ckpt = run.output_dir, run.output_dir / "checkpoints"
-    ckpt.mkdir(parents=True, exist_ok=True)
+def _report_stale(state: RunState) -> None:
+    """Say so when the run being resumed was left RUNNING by a process that is gone (kill -9, a lost node)."""
+    if state.host != socket.gethostname():
+        log.warning("resuming a run last driven by process %d on host %s", state.pid, state.host)
+        return
+    try:
+        os.kill(state.pid, 0)
+    except ProcessLookupError:
+        log.warning("resuming a run whose process (%d) is gone without closing it (killed, e.g. kill -9 or out of "
+                    "memory): it was left RUNNING; it continues now", state.pid)
+        return
+    except PermissionError:
+        pass
+    if state.pid != os.getpid():
+        raise RuntimeError(f"resume: the run is still being driven by process {state.pid} on this host; stop it "
+                           f"first (kill -TERM {state.pid} checkpoints it)")
+
+
+def _summary(a: Artifacts, tracker: Tracker, s: Settings, name: str) -> dict[str, float]:
+    """The final metrics (returned, printed, and the learning-curve plot's), from the stages' results and
+    the history of what was logged."""
     metrics: dict[str, float] = {}
-    prefs = None
-    if source is not None:
-        log.info("stage 1/4: demonstrations and preferences (%s)", type(source).__name__)
-        prefs = source.gather(env, run)
-        if not all(isinstance(item, Trajectory) for item in prefs.demos):  # text: responses, no demonstrations
-            metrics["preference/pairs"] = len(prefs.pairs)
-            run.log(metrics, 0)
-            log.info("%d responses, %d preference pairs", len(prefs.items), len(prefs.pairs))
-        else:
-            demo_returns = returns(prefs.demos)
-            metrics["demos/best_true_return"] = float(np.max(demo_returns))
-            metrics["demos/mean_true_return"] = float(np.mean(demo_returns))
-            metrics["demos/count"] = len(demo_returns)
-            metrics["preference/pairs"] = len(prefs.pairs)
-            run.log(metrics, 0)
-            save_demos(ckpt / "demos.npz", prefs.demos, prefs.scores if prefs.demonstrations is None else None)
-            run.tracker.log_artifact(ckpt, "checkpoints")  # the demonstrations and any learner checkpoints
-            log.info("%d demonstrations, true returns %.1f .. %.1f; %d items, %d preference pairs",
-                     len(demo_returns), demo_returns.min(), demo_returns.max(), len(prefs.items), len(prefs.pairs))
-
-    if reward.capabilities.needs_preferences:
-        assert prefs is not None
-        log.info("stage 2/4: learning the reward (%s)", type(reward).__name__)
-        reward.fit(prefs, env, run)
-        torch.save(reward.state_dict(), ckpt / "reward.pt")
-        run.tracker.log_artifact(ckpt / "reward.pt", "checkpoints")
-
-    log.info("stage 3/4: optimising the policy (%s)", type(optimizer).__name__)
-    demos = prefs.best_first() if prefs is not None and optimizer.capabilities.needs_demonstrations else None
-    online = None
-    if source is not None and prefs is not None and reward.capabilities.needs_preferences:
-        online = source.online_callback(prefs, reward, env, run)  # more preferences while the policy trains
-    policy = optimizer.fit(env, reward, run, demonstrations=demos, callback=online)
-    if online is not None:  # the reward was refit on the way
-        torch.save(reward.state_dict(), ckpt / "reward.pt")
-        run.tracker.log_artifact(ckpt / "reward.pt", "checkpoints")
-    if isinstance(policy, torch.nn.Module):
-        torch.save(policy.state_dict(), ckpt / "policy.pt")
-        run.tracker.log_artifact(ckpt / "policy.pt", "checkpoints")
-
-    log.info("stage 4/4: evaluating the policy on the true reward")
-    final = env.evaluate(policy, reward, run, cfg.evaluation.episodes, seed=int(cfg.seed) + 10_000)
-    if final is None:  # the task leaves it to rollouts of whole episodes
-        final = _rollout_evaluation(cfg, env, reward, policy, prefs, metrics, run, name)
-    steps = run.tracker.history["train/true_return"][-1][0] if run.tracker.history.get("train/true_return") else 0
-    run.log(final, steps)
-    learning_curve(out / "plots" / "learning_curve.png", run.tracker.history, metrics.get("demos/best_true_return"),
-                   final["eval/true_return_mean"], name)
-    run.tracker.log_artifact(out / "plots", "plots")
-    metrics.update(final)
-    for key in ("reward/val_pair_accuracy", "reward/return_correlation", "reward/step_offset",
+    for key in ("demos/best_true_return", "demos/mean_true_return", "demos/count", "preference/pairs",
+                "reward/val_pair_accuracy", "reward/return_correlation", "reward/step_offset",
                 "preference/label_agreement", "preference/queries", "bc/true_return_mean"):
-        if run.tracker.last(key) is not None:
-            metrics[key] = run.tracker.last(key)  # type: ignore[assignment]
+        if tracker.last(key) is not None:
+            metrics[key] = tracker.last(key)  # type: ignore[assignment]
+    metrics.update(a.evaluation or {})
+    out = s.checkpoints.parent
+    learning_curve(out / "plots" / "learning_curve.png", tracker.history, metrics.get("demos/best_true_return"),
+                   metrics.get("eval/true_return_mean"), name)
+    tracker.log_artifact(out / "plots", "plots")
     summary = "  ".join(f"{k}={v:.3g}" for k, v in metrics.items())
     log.info("done: %s", summary)
     print(f"\n{name}: {summary}\noutputs: {out}")
     return metrics
-
-
-def _rollout_evaluation(cfg: DictConfig, env: Environment, reward: RewardModel, policy: Policy,
-                        prefs: Preferences | None, metrics: dict[str, float], run: RunContext,
-                        name: str) -> dict[str, float]:
-    """Stage 4 for tasks measured by episodes: the final metrics; plots and the video written."""
-    out = run.output_dir
-    log.info("evaluating %d episodes on the true reward", cfg.evaluation.episodes)
-    demo_returns = returns(prefs.demos) if prefs is not None else np.zeros(0)
-    cap = cfg.evaluation.get("max_steps")  # get: configs saved before the field existed
-    trajs = rollout(policy, env, cfg.evaluation.episodes, seed=int(cfg.seed) + 10_000,
-                    deterministic=cfg.evaluation.deterministic, desc="evaluation" if run.progress else None,
-                    max_steps=cap)
-    eval_returns = returns(trajs)
-    final = {"eval/true_return_mean": float(eval_returns.mean()), "eval/true_return_std": float(eval_returns.std()),
-             "eval/truncated_fraction": float(np.mean([not t.info["terminated"] for t in trajs]))}
-    capped = sum(t.info["cut"] for t in trajs)
-    if capped:
-        log.warning("%d of %d evaluation episodes were cut at evaluation.max_steps=%d; their returns are partial",
-                    capped, len(trajs), cap)
-    if prefs is not None and np.isfinite(metrics["demos/best_true_return"]):  # unknown for rank-only files
-        final["eval/beats_best_demo"] = float(final["eval/true_return_mean"] > metrics["demos/best_true_return"])
-    bc_return = run.tracker.last("bc/true_return_mean")  # logged where a BC policy was trained on the way (D-REX)
-    if bc_return is not None:
-        final["eval/beats_bc"] = float(final["eval/true_return_mean"] > bc_return)
-    if prefs is not None and not reward.uses_env_reward:
-        demo_returns = returns(prefs.demos)  # again: an online source adds the rollouts it queried
-        demo_learned, eval_learned = returns(prefs.demos, reward), returns(trajs, reward)
-        final["eval/return_correlation"] = pearson(np.concatenate([demo_returns, eval_returns]),
-                                                   np.concatenate([demo_learned, eval_learned]))
-        reward_extrapolation(out / "plots" / "reward_extrapolation.png", demo_returns, demo_learned,
-                             eval_returns, eval_learned, name)
-    if cfg.video.enabled:
-        video, note = record_episode(policy, env, out / "videos" / "policy.gif", seed=int(cfg.seed) + 30_000,
-                                     max_steps=cfg.video.max_steps, fps=cfg.video.fps,
-                                     deterministic=cfg.evaluation.deterministic)
-        if video is not None:
-            run.tracker.log_artifact(video, "videos")
-        else:
-            log.warning("no video of the policy: %s", note)
-        run.tracker.set_tag("video", note if video is not None else f"skipped: {note}")
-    return final
 
 
 def hydra_context() -> dict:
@@ -191,8 +368,8 @@ def hydra_context() -> dict:
     multirun, the sweep folder and job number; the command line's overrides."""
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
-    return {"choices": {g: str(hc.runtime.choices.get(g)) for g in (*GROUPS, "experiment")},
+    return {"choices": {g: str(hc.runtime.choices.get(g)) for g in (*GROUPS, "experiment", "budget")},
             "output_dir": Path(hc.runtime.output_dir),
             "sweep_dir": Path(hc.sweep.dir) if multirun else None,
             "job": int(hc.job.num) if multirun else None,
-            "overrides": " ".join(hc.overrides.task)}
+            "overrides": list(hc.overrides.task)}

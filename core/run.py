@@ -1,18 +1,37 @@
-"""What every stage of a run shares: seed, output folder, tracker, and how to build a Trainer."""
+"""What every stage of a run shares: seed, output folder, tracker, how to build and fit a Trainer, and
+how a stage's training survives a restart.
+
+Checkpoints: a stage's own fit (the one its RunContext carries `checkpoint` for; nested fits, such as
+the learner behind learner_checkpoints or D-REX's behavioural clone, get a context without it) writes a
+Lightning checkpoint every `checkpoint.every` training steps, atomically, to one file. It holds what
+Lightning saves (the module's weights, optimizers, schedulers, loop counters, the data loaders'
+positions through `ResumableLoader`), the module's own state (`on_save_checkpoint`: environments,
+normalisers, counters, ...), the global random states and the metric history. A resumed stage fits
+from that file and goes on as if it had never stopped.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
+import random
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import TQDMProgressBar
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 from lightning.pytorch.loggers import Logger
+from torch.utils.data import DataLoader, Dataset, Sampler
 
+from core import signals
 from core.tracking import Tracker
+
+log = logging.getLogger(__name__)
 
 # Lightning's notices about GPUs, TPUs and dataloader workers say nothing useful for this CPU harness.
 for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda"):
@@ -53,12 +72,131 @@ def rename_metric(key: str, rename: dict[str, str]) -> str:
     return f"{rename[namespace]}/{rest}" if rest and namespace in rename else key
 
 
+# ---------------------------------------------------------------- random states
+def rng_state() -> dict[str, Any]:
+    """The global random states a run draws from: Python's, NumPy's and torch's (CPU)."""
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what rng_state() returned."""
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+
+
+# ---------------------------------------------------------------- data order that survives a restart
+class ResumableSampler(Sampler[int]):
+    """Indices 0..n-1, each epoch in a fresh random order (shuffle) or in order, that can start an epoch
+    part-way after a restart.
+
+    The random order is drawn exactly as torch's RandomSampler draws it (a seed from the global torch
+    generator when the epoch's first index is taken, then randperm), so a run's random stream is the same
+    as with DataLoader(shuffle=True). `state_dict` is the epoch's seed and the indices taken so far;
+    after `load_state_dict`, the next epoch is that one, without the indices already taken.
+    """
+
+    def __init__(self, n: int, shuffle: bool = True) -> None:
+        self.n, self.shuffle = n, shuffle
+        self.seed: int | None = None
+        self.taken = 0
+        self._resume: tuple[int | None, int] | None = None
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[int]:
+        if self._resume is not None:
+            (seed, skip), self._resume = self._resume, None
+        else:
+            seed = int(torch.empty((), dtype=torch.int64).random_().item()) if self.shuffle else None
+            skip = 0
+        self.seed, self.taken = seed, skip
+        order = (torch.randperm(self.n, generator=torch.Generator().manual_seed(seed)).tolist() if seed is not None
+                 else list(range(self.n)))
+        for index in order[skip:]:
+            self.taken += 1
+            yield index
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"seed": self.seed, "taken": self.taken}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._resume = (state["seed"], int(state["taken"]))
+
+
+class ResumableLoader(DataLoader):
+    """A DataLoader over a ResumableSampler whose position Lightning keeps in its checkpoints (the
+    state_dict interface of Lightning's resumable loaders). `batch_size=None` yields single indices."""
+
+    def __init__(self, dataset: Dataset | range, batch_size: int | None, shuffle: bool = True,
+                 **kwargs: Any) -> None:
+        self.resumable = ResumableSampler(len(dataset), shuffle)  # type: ignore[arg-type]
+        super().__init__(dataset, batch_size=batch_size, sampler=self.resumable, **kwargs)  # type: ignore[arg-type]
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.resumable.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.resumable.load_state_dict(state)
+
+
+# ---------------------------------------------------------------- checkpoints of a stage's fit
+@dataclass(frozen=True)
+class Checkpointing:
+    """path: the stage's checkpoint file; every: training steps between checkpoints; resume: continue
+    from `path` where it exists (a resumed run)."""
+
+    path: Path
+    every: int
+    resume: bool = False
+
+
+class StageCheckpoint(Callback):
+    """Writes the fit's checkpoint every `every` training steps and when a signal asked the run to stop
+    (then raises signals.Interrupted); restores the random states and the metric history a resumed fit
+    continues from."""
+
+    def __init__(self, checkpointing: Checkpointing, tracker: Tracker) -> None:
+        self.path, self.every, self.tracker = checkpointing.path, checkpointing.every, tracker
+        self._restored: dict[str, Any] | None = None
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        stop = signals.requested()
+        if stop is not None or (trainer.fit_loop.total_batch_idx + 1) % self.every == 0:
+            self.save(trainer)
+        if stop is not None:
+            raise signals.Interrupted(stop)
+
+    def save(self, trainer: L.Trainer) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.path.with_name(self.path.name + ".partial")
+        trainer.save_checkpoint(partial)
+        os.replace(partial, self.path)  # a kill while writing leaves the previous checkpoint whole
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": rng_state(), "history": {k: list(v) for k, v in self.tracker.history.items()}}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._restored = state_dict
+
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if self._restored is not None:
+            set_rng_state(self._restored["rng"])
+            self.tracker.restore_history(self._restored["history"])
+            log.info("resumed from %s at training step %d", self.path, trainer.fit_loop.total_batch_idx + 1)
+            self._restored = None
+
+
 @dataclass
 class RunContext:
     """seed: base seed of the run; output_dir: where checkpoints and plots go; tracker: metrics sink;
     progress: show progress bars; rename: metric namespace renames for a nested stage (the learner
     behind learner_checkpoints logs "train/*" as "learner/*"); step_offset: added to every step
-    logged, so a stage run again (a reward refit while the policy trains) continues its curves."""
+    logged, so a stage run again (a reward refit while the policy trains) continues its curves;
+    checkpoint: how the stage's own fit checkpoints (None: it does not; every derived context drops it,
+    so only the fit the stage itself runs writes and reads the stage's checkpoint)."""
 
     seed: int
     output_dir: Path
@@ -66,14 +204,19 @@ class RunContext:
     progress: bool = True
     rename: dict[str, str] | None = None
     step_offset: int = 0
+    checkpoint: Checkpointing | None = None
 
     def scoped(self, **rename: str) -> RunContext:
-        """The same run with metric namespaces renamed, e.g. scoped(train="learner")."""
-        return replace(self, rename={**(self.rename or {}), **rename})
+        """A nested stage's context with metric namespaces renamed, e.g. scoped(train="learner")."""
+        return replace(self, rename={**(self.rename or {}), **rename}, checkpoint=None)
 
     def shifted(self, step_offset: int) -> RunContext:
-        """The same run with `step_offset` added to the steps of everything it logs."""
-        return replace(self, step_offset=step_offset)
+        """A nested fit's context with `step_offset` added to the steps of everything it logs."""
+        return replace(self, step_offset=step_offset, checkpoint=None)
+
+    def nested(self) -> RunContext:
+        """The context for a fit inside the stage's own work (it does not checkpoint the stage)."""
+        return replace(self, checkpoint=None)
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         """Log metrics with this context's namespace renames applied."""
@@ -81,9 +224,12 @@ class RunContext:
                                  step + self.step_offset)
 
     def trainer(self, max_steps: int, **kwargs: Any) -> L.Trainer:
-        """A CPU Trainer that logs to the tracker; checkpoints are written by the stages themselves."""
+        """A CPU Trainer that logs to the tracker and, for the stage's own fit, checkpoints it."""
         # About 100 redraws per fit: enough to watch, few enough for a CI log.
-        callbacks = [TQDMProgressBar(refresh_rate=max(1, max_steps // 100), leave=True)] if self.progress else []
+        callbacks: list[Callback] = ([TQDMProgressBar(refresh_rate=max(1, max_steps // 100), leave=True)]
+                                     if self.progress else [])
+        if self.checkpoint is not None:
+            callbacks.append(StageCheckpoint(self.checkpoint, self.tracker))
         settings: dict[str, Any] = dict(
             accelerator="cpu", devices=1, max_steps=max_steps, max_epochs=-1,
             logger=TrackerLogger(self.tracker, self.rename or {}, self.step_offset), callbacks=callbacks,
@@ -91,3 +237,14 @@ class RunContext:
             deterministic=True, default_root_dir=str(self.output_dir),
         )
         return L.Trainer(**{**settings, **kwargs})
+
+    def fit(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        """trainer.fit(module), continuing from the stage's checkpoint when resuming; a signal stops
+        it at the end of a training step, after a checkpoint (signals.py)."""
+        spec = self.checkpoint
+        if spec is None:
+            trainer.fit(module)
+            return
+        start = str(spec.path) if spec.resume and spec.path.exists() else None
+        with signals.deferred():
+            trainer.fit(module, ckpt_path=start, weights_only=False)  # our own file: environments, data, states

@@ -31,9 +31,25 @@ class Tracker:
         self.history: dict[str, list[tuple[int, float]]] = defaultdict(list)
 
     def start(self, run_name: str, config: DictConfig, sweep_dir: Path | None = None,
-              tags: dict[str, str] | None = None) -> None:
+              tags: dict[str, str] | None = None) -> str | None:
         """Begin a run; `sweep_dir` is the Hydra sweep directory of a multirun job, else None;
-        `tags` are recorded with it (group choices, overrides)."""
+        `tags` are recorded with it (group choices, overrides). Returns the run's id, if it has one."""
+        return None
+
+    def resume(self, run_id: str | None) -> None:
+        """Continue the run `run_id` (a resumed run): logging goes on in it, and a metric value it holds
+        already at the same step (logged again by a stage resumed from a checkpoint) is not repeated."""
+
+    def locate(self, run_id: str) -> Path:
+        """The output folder of the run `run_id` (runs:/<id>), for policy.init, reward.init and resume."""
+        raise ValueError(f"runs:/{run_id} names a tracked run, but tracking is off (tracking=none); give the run's "
+                         f"output folder instead")
+
+    def restore_history(self, history: dict[str, list[tuple[int, float]]]) -> None:
+        """Replace the in-memory history (by a resumed stage's, as of its checkpoint)."""
+        self.history.clear()
+        for key, points in history.items():
+            self.history[key] = [(int(s), float(v)) for s, v in points]
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         for key, value in metrics.items():
@@ -87,6 +103,7 @@ class MlflowTracker(Tracker):
         self.experiment_name = experiment_name
         self.run_id: str | None = None
         self._client: Any = None
+        self._logged: dict[str, set[tuple[int, float]]] = {}  # a resumed run's values: (step, value) per key
 
     @property
     def client(self) -> Any:
@@ -102,7 +119,7 @@ class MlflowTracker(Tracker):
         return exp.experiment_id if exp else self.client.create_experiment(self.experiment_name)
 
     def start(self, run_name: str, config: DictConfig, sweep_dir: Path | None = None,
-              tags: dict[str, str] | None = None) -> None:
+              tags: dict[str, str] | None = None) -> str | None:
         tags = {"mlflow.runName": run_name, **(tags or {})}
         parent_file = sweep_dir / PARENT_RUN_FILE if sweep_dir else None
         if parent_file and parent_file.exists():
@@ -115,6 +132,38 @@ class MlflowTracker(Tracker):
         for i in range(0, len(params), 100):
             self.client.log_batch(self.run_id, params=params[i : i + 100])
         log.info("MLflow run %s (%s) at %s", run_name, self.run_id, self.uri)
+        return self.run_id
+
+    def resume(self, run_id: str | None) -> None:
+        if run_id is None:
+            raise ValueError("resume: the saved run has no MLflow run id (it was tracked with tracking=none)")
+        run = self.client.get_run(run_id)
+        self._logged = {key: {(m.step, m.value) for m in self.client.get_metric_history(run_id, key)}
+                        for key in run.data.metrics}
+        self.client.update_run(run_id, status="RUNNING")
+        self.run_id = run_id
+        log.info("MLflow run %s (%s) continues at %s", run.info.run_name, run_id, self.uri)
+
+    def locate(self, run_id: str) -> Path:
+        """The run's output folder (its rexlab.output_dir tag) where it exists here; else its checkpoints and
+        config downloaded from the tracking server's artifact store into <cache>/runs/<id>/."""
+        try:
+            run = self.client.get_run(run_id)
+        except Exception as err:
+            raise ValueError(f"runs:/{run_id}: no such run at {self.uri} ({type(err).__name__})") from None
+        folder = run.data.tags.get("rexlab.output_dir")
+        if folder and Path(folder).is_dir():
+            return Path(folder)
+        import os
+
+        from mlflow.artifacts import download_artifacts
+
+        cache = Path(os.environ.get("REXLAB_CACHE_DIR", Path.home() / ".cache" / "rexlab")) / "runs" / run_id
+        cache.mkdir(parents=True, exist_ok=True)
+        for name in ("checkpoints", "config.yaml"):
+            download_artifacts(run_id=run_id, artifact_path=name, dst_path=str(cache), tracking_uri=self.uri)
+        log.info("runs:/%s: its output folder %s is not here; downloaded its artifacts to %s", run_id, folder, cache)
+        return cache
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         super().log_metrics(metrics, step)
@@ -123,7 +172,8 @@ class MlflowTracker(Tracker):
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if math.isfinite(float(v))]
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()
+                 if math.isfinite(float(v)) and (step, float(v)) not in self._logged.get(k, ())]
         if batch:
             self.client.log_batch(self.run_id, metrics=batch)
 

@@ -92,12 +92,15 @@ class Preferences(Generic[Item]):
             level, ...), higher is better. Kept for plots and correlations; learners use `pairs`.
     demonstrations: the demonstrations behind the items when the items also hold other rollouts
             (noise injection); None when the items are the demonstrations.
+    baselines: true returns of baseline policies the source trained on the way (noise injection's
+            behavioural clone: {"bc": ...}), for the evaluation's eval/beats_<name>.
     """
 
     items: list[Item]
     pairs: np.ndarray
     scores: np.ndarray | None = None
     demonstrations: list[Item] | None = None
+    baselines: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.pairs = np.asarray(self.pairs, dtype=np.int64).reshape(-1, 2)

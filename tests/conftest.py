@@ -10,23 +10,25 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # before anything imports torch: one thread per test process
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from core.cli import quote_bool_choices  # noqa: E402
 from core.compat import CONF_DIR  # noqa: E402
-
-os.environ.setdefault("OMP_NUM_THREADS", "1")
+from core.pipeline import finalize_config  # noqa: E402
 
 
 def compose_with_choices(*overrides: str) -> tuple[DictConfig, dict[str, str]]:
-    """The config `python main.py <overrides>` would run (Hydra node removed) and its group choices."""
+    """The config `python main.py <overrides>` would run (Hydra node removed, the plugins' env and budget
+    variants applied) and its group choices."""
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=quote_bool_choices(list(overrides)), return_hydra_config=True)
     choices = {k: str(v) for k, v in cfg.hydra.runtime.choices.items()}
     with open_dict(cfg):
         cfg.pop("hydra")
-    return cfg, choices
+    return finalize_config(cfg, choices, overrides), choices
 
 
 def compose_config(*overrides: str) -> DictConfig:
@@ -46,7 +48,7 @@ def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def tiny_lm_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A tiny random Llama (SmolLM2's family and tokenizer) saved as a folder, loaded by the real
     from_pretrained path wherever a model name is accepted (env.model=..., policy.model=...)."""
-    from plugins.policies.lm import tiny_causal_lm
+    from plugins.lm import tiny_causal_lm
 
     folder = tmp_path_factory.mktemp("tiny_llama")
     model, tokenizer = tiny_causal_lm(hidden_size=32, num_layers=1, num_heads=2, seed=0)
@@ -58,7 +60,7 @@ def tiny_lm_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.fixture(scope="session")
 def tiny_encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A tiny random BERT with MiniLM's tokenizer saved as a folder (a reward model backbone)."""
-    from plugins.policies.lm import tiny_encoder
+    from plugins.lm import tiny_encoder
 
     folder = tmp_path_factory.mktemp("tiny_bert_backbone")
     model, tokenizer = tiny_encoder(hidden_size=32, num_layers=2, num_heads=4, seed=0)

@@ -9,6 +9,7 @@ from hydra.utils import instantiate
 from core.cli import quote_bool_choices
 from core.compat import CONF_DIR, IncompatibleError, check_fields, options_of
 from core.interfaces import Environment, Optimizer, PreferenceSource, RewardModel
+from core.pipeline import plugin_node
 from core.tracking import Tracker
 from tests.conftest import compose_config
 
@@ -29,7 +30,7 @@ def test_every_option_composes_and_instantiates(group: str, option: str, experim
         overrides.append(f"preference.path={tmp_path / 'data'}")  # read at gather time, not here
     cfg = compose_config(*overrides)
     check_fields(cfg, {group: option}, (group,))  # every key the option's file sets is a field of its class
-    obj = instantiate(cfg[group])
+    obj = instantiate(plugin_node(cfg, group))
     assert isinstance(obj, KINDS[group])
 
 
@@ -39,7 +40,7 @@ def test_per_env_settings_compose_with_every_option(group: str, tmp_path) -> Non
         extra = [f"preference.path={tmp_path / 'demos.npz'}"] if option in ("ranked_demos", "file") else []
         cfg = compose_config("env=atari", f"{group}={option}", *extra)
         check_fields(cfg, {group: option}, (group,))
-        assert isinstance(instantiate(cfg[group]), KINDS[group]), option
+        assert isinstance(instantiate(plugin_node(cfg, group)), KINDS[group]), option
 
 
 @pytest.mark.parametrize("preset", sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml")))
@@ -47,7 +48,7 @@ def test_every_preset_composes_and_its_parts_instantiate(preset: str) -> None:
     cfg = compose_config(f"experiment={preset}")
     for group in ("reward", "preference", "policy"):
         check_fields(cfg, {group: "preset", "experiment": preset}, (group,))
-        assert isinstance(instantiate(cfg[group]), KINDS[group])
+        assert isinstance(instantiate(plugin_node(cfg, group)), KINDS[group])
 
 
 def test_presets_hold_the_papers_settings() -> None:

@@ -17,8 +17,9 @@ from tests.conftest import ROOT, compose_with_choices
 METRICS = ["demos/best_true_return", "demos/mean_true_return", "reward/train_loss", "reward/val_loss",
            "reward/val_pair_accuracy", "reward/return_correlation", "train/true_return", "train/learned_return",
            "train/sps", "train/entropy", "eval/true_return_mean", "eval/true_return_std", "eval/beats_best_demo"]
-ARTIFACTS = ["config.yaml", "plots/reward_extrapolation.png", "plots/learning_curve.png",
-             "checkpoints/policy.pt", "checkpoints/reward.pt", "checkpoints/demos.npz", "videos/policy.gif"]
+ARTIFACTS = ["config.yaml", "plots/reward_extrapolation.png", "plots/learning_curve.png", "checkpoints/policy.pt",
+             "checkpoints/policy.yaml", "checkpoints/reward/reward.pt", "checkpoints/reward/reward.yaml",
+             "checkpoints/demos.npz", "videos/policy.gif"]
 
 
 def all_artifacts(client: MlflowClient, run_id: str, path: str | None = None) -> set[str]:

@@ -40,8 +40,10 @@ def test_rlhf_on_text_runs_end_to_end_and_logs_the_text_metrics(in_tmp: Path, ch
     assert set(TEXT_METRICS) <= set(run.data.metrics), set(TEXT_METRICS) - set(run.data.metrics)
     assert "preference/label_agreement" not in run.data.metrics
     artifacts = all_artifacts(client, run.info.run_id)
-    assert {"samples/final.jsonl", "plots/gold_vs_kl.png", "plots/learning_curve.png", "checkpoints/policy.pt",
-            "checkpoints/reward.pt", "config.yaml"} <= artifacts
+    assert {"samples/final.jsonl", "plots/gold_vs_kl.png", "plots/learning_curve.png", "config.yaml",
+            "checkpoints/policy/model.safetensors", "checkpoints/policy/config.json", "checkpoints/policy/rexlab.yaml",
+            "checkpoints/policy/adapter/adapter_model.safetensors", "checkpoints/reward/head.pt",
+            "checkpoints/reward/backbone/model.safetensors", "checkpoints/preferences.jsonl"} <= artifacts
     assert "checkpoints/demos.npz" not in artifacts  # responses are no demonstrations
     assert 0.0 <= metrics["eval/win_rate_vs_ref"] <= 1.0 and metrics["preference/pairs"] > 0
 

@@ -1,17 +1,17 @@
 """env=text: writing a response to a prompt as a token-level MDP, for RLHF on language models.
 
-The MDP (Ziegler et al. 2019, arXiv:1909.08593): the state is the prompt and the tokens written so far,
-the action is the next token, transitions are deterministic (append the token), and an episode ends
+The MDP (Ziegler et al. 2019, arXiv:1909.08593; core's PromptTask): the state is the prompt and the tokens
+written so far, the action is the next token, transitions are deterministic (append the token), and an episode ends
 at the end-of-sequence token or after `max_new_tokens` tokens. The true (gold) reward arrives at the
-end: here the VADER sentiment of the response (plugins/rewards/vader.py), so the default task is
-"write a positive review" of the bundled review openings (plugins/data/review_prompts.jsonl) or of the
+end: here the VADER sentiment of the response (plugins/reviews.py), so the default task is
+"write a positive review" of the bundled review openings (plugins/reviews.py's data) or of the
 user's prompts (`env.prompts=FILE.jsonl`, one {"prompt": str} a line). The per-token KL penalty
 r_t = -beta (log pi(a_t|s_t) - log pi_ref(a_t|s_t)), with the reward model's score added at the last
 token, is the optimiser's shaping (plugins/optimizers/text_ppo.py): the environment knows no reference.
 
 `make_vec` returns a real gymnasium vector env over this MDP (observations: token ids padded with -1,
 actions: token ids), usable with any Policy's `act`; the text optimisers generate whole batches with
-the LM directly (plugins/policies/text.py), which is the same MDP with a KV cache.
+the LM directly (a LanguagePolicy's `sample`), which is the same MDP with a KV cache.
 
 Prompts are split once (a fixed shuffle, whatever the run's seed) into training prompts and
 `held_out_fraction` held-out prompts, on which `evaluate` samples the policy and the reference: gold
@@ -33,16 +33,14 @@ import torch
 from gymnasium.vector import AutoresetMode
 
 from core.evaluation import pearson
-from core.interfaces import Environment, Policy, RewardModel
+from core.interfaces import TOKEN_PAD, LanguagePolicy, Policy, PromptTask, RewardModel
 from core.jsonl import exact_fields, json_object, read_jsonl, text_field
 from core.run import RunContext
-from plugins.policies.lm import SMOLLM2, load_tokenizer
-from plugins.policies.text import PAD_OBS, TextPolicy
-from plugins.rewards.vader import gold_sentiment
+from core.schema import OpenUnit, PositiveInt
+from plugins.lm import SMOLLM2, load_tokenizer
+from plugins.reviews import PROMPTS, gold_sentiment
 
 log = logging.getLogger(__name__)
-DATA = Path(__file__).resolve().parents[1] / "data"
-BUNDLED_PROMPTS = DATA / "review_prompts.jsonl"
 
 
 class PromptFileError(ValueError):
@@ -74,13 +72,13 @@ class TokenMDP(gym.Env):
         self.prompts, self.prompt_ids, self.tokenizer = prompts, prompt_ids, tokenizer
         self.max_new_tokens, self.gold, self.eos_id = max_new_tokens, gold, int(tokenizer.eos_token_id)
         self.width = max(len(ids) for ids in prompt_ids) + max_new_tokens
-        self.observation_space = gym.spaces.Box(PAD_OBS, len(tokenizer) - 1, shape=(self.width,), dtype=np.int64)
+        self.observation_space = gym.spaces.Box(TOKEN_PAD, len(tokenizer) - 1, shape=(self.width,), dtype=np.int64)
         self.action_space = gym.spaces.Discrete(len(tokenizer))
         self.prompt_index = 0
         self.response: list[int] = []
 
     def _obs(self) -> np.ndarray:
-        obs = np.full(self.width, PAD_OBS, dtype=np.int64)
+        obs = np.full(self.width, TOKEN_PAD, dtype=np.int64)
         tokens = self.prompt_ids[self.prompt_index] + self.response
         obs[: len(tokens)] = tokens
         return obs
@@ -105,21 +103,17 @@ class TokenMDP(gym.Env):
         return self._obs(), reward, terminated, truncated, info
 
 
-class TextEnv(Environment):
+class TextEnv(PromptTask):
     """env=text. Fields documented in conf/env/text.yaml."""
 
     name = "text"
     observation_kind = "text"
     action_kind = "token"
 
-    def __init__(self, model: str = SMOLLM2, prompts: str | None = None, max_new_tokens: int = 16,
-                 held_out_fraction: float = 0.25, eval_samples_per_prompt: int = 2) -> None:
-        if max_new_tokens < 1:
-            raise ValueError(f"env.max_new_tokens must be >= 1, got {max_new_tokens}")
-        if not 0.0 < held_out_fraction < 1.0:
-            raise ValueError(f"env.held_out_fraction must be in (0, 1), got {held_out_fraction}")
+    def __init__(self, model: str = SMOLLM2, prompts: str | None = None, max_new_tokens: PositiveInt = 16,
+                 held_out_fraction: OpenUnit = 0.25, eval_samples_per_prompt: PositiveInt = 2) -> None:
         self.model, self.max_new_tokens, self.eval_samples_per_prompt = model, max_new_tokens, eval_samples_per_prompt
-        all_prompts = read_prompts(prompts if prompts is not None else BUNDLED_PROMPTS)
+        all_prompts = read_prompts(prompts if prompts is not None else PROMPTS)
         order = np.random.default_rng(0).permutation(len(all_prompts))
         n_held = min(len(all_prompts) - 1, max(1, round(len(all_prompts) * held_out_fraction)))
         self.eval_prompts = [all_prompts[k] for k in sorted(order[:n_held])]
@@ -130,8 +124,7 @@ class TextEnv(Environment):
         self._obs_space, self._act_space = probe.observation_space, probe.action_space
         self._reference_cache: dict[tuple[int, int], tuple[list[str], np.ndarray]] = {}
 
-    @staticmethod
-    def gold(prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
+    def gold(self, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
         """The task's true reward of whole responses (N,): VADER compound sentiment in [-1, 1]."""
         return gold_sentiment(responses)
 
@@ -150,6 +143,12 @@ class TextEnv(Environment):
     def action_space(self) -> gym.Space:
         return self._act_space
 
+    def signature(self) -> dict[str, Any]:
+        """A language model fits the task if it has the task's tokens: kinds and vocabulary size (the
+        observation width depends on the prompts and max_new_tokens, which a model does not)."""
+        return {"env": self.name, "observations": self.observation_kind, "actions": self.action_kind,
+                "action_space": str(self.action_space)}
+
     # ------------------------------------------------------------ evaluation
     def evaluation_prompts(self, episodes: int) -> list[str]:
         """Each held-out prompt max(eval_samples_per_prompt, ceil(episodes / held-out prompts)) times."""
@@ -159,12 +158,14 @@ class TextEnv(Environment):
     def evaluate(self, policy: Policy, reward: RewardModel, run: RunContext, episodes: int,
                  seed: int) -> dict[str, float]:
         """The final evaluation (core's hook): evaluate_text with the tag "final", then plots/gold_vs_kl.png."""
+        if not isinstance(policy, LanguagePolicy):
+            raise TypeError(f"env=text evaluates language-model policies, got {type(policy).__name__}")
         metrics = self.evaluate_text(policy, reward, run, episodes, seed, "final")
         gold_vs_kl(run.output_dir / "plots" / "gold_vs_kl.png", run.tracker.history, metrics)
         return metrics
 
     @torch.no_grad()
-    def evaluate_text(self, policy: Policy, reward: RewardModel, run: RunContext, episodes: int, seed: int,
+    def evaluate_text(self, policy: LanguagePolicy, reward: RewardModel, run: RunContext, episodes: int, seed: int,
                       tag: str) -> dict[str, float]:
         """Sample the policy and its reference on the held-out prompts (same prompts, same seed every
         time) and measure: eval/gold_reward_mean (= eval/true_return_mean, the MDP's true return),
@@ -172,11 +173,7 @@ class TextEnv(Environment):
         a Monte Carlo estimate of KL(pi || pi_ref) in nats per response), eval/win_rate_vs_ref (share
         of prompts where the policy's response has the higher gold reward, ties half), and the
         learned reward where there is one. Writes samples/<tag>.jsonl."""
-        if not isinstance(policy, TextPolicy):
-            raise TypeError(f"env=text evaluates language-model policies, got {type(policy).__name__}")
         prompts = self.evaluation_prompts(episodes)
-        was_training = policy.training
-        policy.eval()
         rollout, texts = policy.sample(prompts, seed)
         key = (seed, len(prompts))
         if key not in self._reference_cache:  # the reference does not change: sample it once
@@ -184,17 +181,13 @@ class TextEnv(Environment):
             self._reference_cache[key] = (ref_texts, self.gold(prompts, ref_texts))
         ref_texts, ref_gold = self._reference_cache[key]
         gold = self.gold(prompts, texts)
-        kl = np.concatenate([
-            (policy.score_tokens(part)[0] - policy.score_tokens(part, reference=True)[0]).sum(1).numpy()
-            for part in (rollout.select(torch.arange(k, min(k + policy.batch_size, len(rollout))))
-                         for k in range(0, len(rollout), policy.batch_size))])
-        policy.train(was_training)
+        kl = policy.log_ratio(rollout)
         wins = np.where(gold > ref_gold, 1.0, np.where(gold == ref_gold, 0.5, 0.0))
         metrics = {"eval/gold_reward_mean": float(gold.mean()), "eval/gold_reward_std": float(gold.std()),
                    "eval/true_return_mean": float(gold.mean()), "eval/true_return_std": float(gold.std()),
                    "eval/kl_to_ref": float(kl.mean()), "eval/win_rate_vs_ref": float(wins.mean()),
                    "eval/ref_gold_reward_mean": float(ref_gold.mean()),
-                   "eval/response_tokens": float(rollout.response_mask.sum(1).float().mean())}
+                   "eval/response_tokens": float(np.mean(policy.response_lengths(rollout)))}
         learned = None
         if not reward.uses_env_reward:
             learned = reward.score(prompts, texts)

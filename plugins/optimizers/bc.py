@@ -12,16 +12,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Annotated, Literal
 
 import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from core.interfaces import Capabilities, Environment, IterationCallback, Optimizer, Policy, RewardModel
-from core.run import RunContext
+from core.interfaces import Capabilities, Environment, IterationCallback, Optimizer, Policy, RewardModel, SavedPolicy
+from core.run import ResumableLoader, RunContext
+from core.schema import NonNegative, Positive, PositiveInt, Range, UnitOpen
 from core.types import Trajectory
-from plugins.policies.cnn import actor_critic_for
+from plugins.policies.cnn import actor_critic_for, start_from
 from plugins.policies.mlp import ActorCriticBase
 
 
@@ -45,7 +47,7 @@ class BCModule(L.LightningModule):
         self.lr, self.batch_size, self.ent_weight, self.l2_weight = lr, batch_size, ent_weight, l2_weight
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True)
+        return ResumableLoader(self.train_set, batch_size=self.batch_size)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.val_set, batch_size=256)
@@ -74,26 +76,31 @@ class BehavioralCloning(Optimizer):
     capabilities = Capabilities(observations=frozenset({"vector", "image"}),
                                 actions=frozenset({"discrete", "continuous"}), needs_demonstrations=True)
 
-    def __init__(self, epochs: int = 10, batch_size: int = 32, lr: float = 1e-3, ent_weight: float = 1e-3,
-                 l2_weight: float = 0.0, top_fraction: float = 1.0, val_fraction: float = 0.1,
-                 hidden_sizes: Sequence[int] = (64, 64), activation: str = "tanh", normalize_obs: bool = True) -> None:
-        if not 0.0 < top_fraction <= 1.0:
-            raise ValueError(f"policy.top_fraction must be in (0, 1], got {top_fraction}")
+    def __init__(self, epochs: PositiveInt = 10, batch_size: PositiveInt = 32, lr: Positive = 1e-3,
+                 ent_weight: NonNegative = 1e-3, l2_weight: NonNegative = 0.0,
+                 top_fraction: Annotated[float, Range(gt=0, le=1)] = 1.0, val_fraction: UnitOpen = 0.1,
+                 hidden_sizes: Sequence[PositiveInt] = (64, 64),
+                 activation: Literal["tanh", "relu", "leaky_relu"] = "tanh", normalize_obs: bool = True) -> None:
         self.epochs, self.batch_size, self.lr = epochs, batch_size, lr
         self.ent_weight, self.l2_weight, self.top_fraction = ent_weight, l2_weight, top_fraction
         self.val_fraction, self.hidden_sizes, self.activation = val_fraction, list(hidden_sizes), activation
         self.normalize_obs = normalize_obs
 
     def fit(self, env: Environment, reward: RewardModel, run: RunContext,
-            demonstrations: list[Trajectory] | None = None, callback: IterationCallback | None = None) -> Policy:
-        """Clone the best `top_fraction` of `demonstrations` (given best first); `reward` is unused."""
+            demonstrations: list[Trajectory] | None = None, callback: IterationCallback | None = None,
+            init: SavedPolicy | None = None) -> Policy:
+        """Clone the best `top_fraction` of `demonstrations` (given best first), starting from `init` if given
+        (its normalisation kept); `reward` is unused."""
         if not demonstrations:
             raise ValueError("policy=bc needs demonstrations; choose a preference source that provides them")
         kept = demonstrations[: max(1, math.ceil(len(demonstrations) * self.top_fraction))]
-        policy = actor_critic_for(env.observation_space, env.action_space, self.hidden_sizes, self.activation,
-                                  self.normalize_obs)
         raw = np.concatenate([t.obs for t in kept])  # raw (uint8 frames stay uint8); normalised per batch
-        policy.fit_normalization(raw)
+        if init is not None:
+            policy = start_from(init, env, "policy=bc")
+        else:
+            policy = actor_critic_for(env.observation_space, env.action_space, self.hidden_sizes, self.activation,
+                                      self.normalize_obs)
+            policy.fit_normalization(raw)
         obs = torch.as_tensor(raw)
         actions = torch.as_tensor(np.concatenate([t.actions for t in kept]))
         actions = actions.long() if policy.discrete else actions.float().reshape(len(obs), -1)
@@ -103,7 +110,8 @@ class BehavioralCloning(Optimizer):
         module = BCModule(policy, TensorDataset(obs[train], actions[train]), TensorDataset(obs[val], actions[val]),
                           self.lr, self.batch_size, self.ent_weight, self.l2_weight)
         steps = math.ceil(len(train) / self.batch_size) * self.epochs
-        run.trainer(max_steps=steps, max_epochs=self.epochs, log_every_n_steps=max(1, min(50, steps // 50)),
-                    num_sanity_val_steps=0).fit(module)
+        trainer = run.trainer(max_steps=steps, max_epochs=self.epochs, log_every_n_steps=max(1, min(50, steps // 50)),
+                              num_sanity_val_steps=0)
+        run.fit(trainer, module)
         policy.eval()
         return policy

@@ -11,8 +11,11 @@ language model, and their data (a corpus, prompt-response demonstrations) is rea
 a preference source. The result is a TextPolicy whose reference is the model before training, so the
 text evaluation reports its KL to the starting point.
 
-Data: policy.path, or the bundled files for the default task (plugins/data/): review_corpus.txt
+Data: policy.path, or the bundled files for the default task (plugins/reviews.py): review_corpus.txt
 (paragraphs separated by blank lines) and review_demos.jsonl ({"prompt": str, "response": str} lines).
+The model trained is the recipe's current one (the pretrained model before SFT in
+experiment=chatgpt_recipe, or policy.init), else `policy.model`, else env.model; it is saved as a
+save_pretrained folder (checkpoints/<stage>/) the next stage starts from.
 """
 
 from __future__ import annotations
@@ -26,12 +29,22 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from core.interfaces import Capabilities, Environment, IterationCallback, Optimizer, Policy, RewardModel
+from core.interfaces import (
+    Capabilities,
+    Environment,
+    IterationCallback,
+    Optimizer,
+    Policy,
+    PromptTask,
+    RewardModel,
+    SavedPolicy,
+)
 from core.jsonl import exact_fields, json_object, read_jsonl, text_field
-from core.run import RunContext
+from core.run import ResumableLoader, RunContext
+from core.schema import OpenUnit, Positive, PositiveInt
 from core.types import Trajectory
-from plugins.envs.text import DATA, TextEnv
 from plugins.policies.text import LoraSettings, TextPolicy, build_text_policy
+from plugins.reviews import CORPUS, DEMONSTRATIONS
 
 IGNORE = -100
 """Label of tokens that do not count in the loss (prompt tokens in SFT, padding)."""
@@ -81,6 +94,7 @@ class CausalLMModule(L.LightningModule):
         self.policy, self.train_set, self.val_set, self.prefix = policy, train, val, prefix
         self.lr, self.batch_size, self.total_steps = lr, batch_size, total_steps
         self.val_losses: list[torch.Tensor] = []
+        self.strict_loading = False  # checkpoints hold the trained weights only (prune_checkpoint)
 
     def collate(self, batch: list[tuple[list[int], list[int]]]) -> dict[str, torch.Tensor]:
         longest = max(len(ids) for ids, _ in batch)
@@ -92,7 +106,7 @@ class CausalLMModule(L.LightningModule):
         return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, collate_fn=self.collate)  # type: ignore[arg-type]
+        return ResumableLoader(self.train_set, batch_size=self.batch_size, collate_fn=self.collate)  # type: ignore[arg-type]
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.val_set, batch_size=self.batch_size, collate_fn=self.collate)  # type: ignore[arg-type]
@@ -119,36 +133,40 @@ class CausalLMModule(L.LightningModule):
         self.log(f"{self.prefix}/val_loss", torch.stack(self.val_losses).mean(), prog_bar=True)
         self.val_losses.clear()
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.policy.prune_checkpoint(checkpoint, "policy.")
+
 
 class CausalLMTraining(Optimizer):
     """Shared by policy=pretrain and policy=sft: fields documented in conf/policy/<option>.yaml."""
 
     capabilities = Capabilities(observations=frozenset({"text"}), actions=frozenset({"token"}))
     prefix = "lm"
-    bundled = ""
+    bundled = CORPUS
 
-    def __init__(self, model: str | None = None, path: str | None = None, epochs: int = 3, batch_size: int = 8,
-                 lr: float = 5e-5, max_length: int = 128, val_fraction: float = 0.1,
-                 lora: LoraSettings | dict | None = None) -> None:
-        if not 0.0 < val_fraction < 1.0:
-            raise ValueError(f"policy.val_fraction must be in (0, 1), got {val_fraction}")
+    def __init__(self, model: str | None = None, path: str | None = None, epochs: PositiveInt = 3,
+                 batch_size: PositiveInt = 8, lr: Positive = 5e-5, max_length: PositiveInt = 128,
+                 val_fraction: OpenUnit = 0.1, lora: LoraSettings | None = None) -> None:
         self.model, self.path, self.epochs, self.batch_size, self.lr = model, path, epochs, batch_size, lr
         self.max_length, self.val_fraction = max_length, val_fraction
-        self.lora = LoraSettings(**lora) if isinstance(lora, dict) else lora
+        self.lora = LoraSettings(**lora) if lora is not None and not isinstance(lora, LoraSettings) else lora
 
     def examples(self, policy: TextPolicy, path: Path) -> list[tuple[list[int], list[int]]]:
         """(input_ids, labels) token lists, at most max_length long."""
         raise NotImplementedError
 
     def fit(self, env: Environment, reward: RewardModel, run: RunContext,
-            demonstrations: list[Trajectory] | None = None, callback: IterationCallback | None = None) -> Policy:
-        """Train on policy.path (or the bundled file); `reward` is unused."""
-        if not isinstance(env, TextEnv):
+            demonstrations: list[Trajectory] | None = None, callback: IterationCallback | None = None,
+            init: SavedPolicy | None = None) -> Policy:
+        """Train on policy.path (or the bundled file), from `init` (else policy.model, else env.model);
+        `reward` is unused."""
+        if not isinstance(env, PromptTask):
             raise TypeError(f"policy={self.prefix} trains language models in env=text, got {type(env).__name__}")
         with torch.random.fork_rng():
             torch.manual_seed(run.seed)
-            policy = build_text_policy(self.model or env.model, env.max_new_tokens, lora=self.lora)
-        data = self.examples(policy, Path(self.path) if self.path else DATA / self.bundled)
+            model = init.model if init is not None else (self.model or env.model)
+            policy = build_text_policy(model, env.max_new_tokens, lora=self.lora)
+        data = self.examples(policy, Path(self.path) if self.path else self.bundled)
         order = torch.randperm(len(data), generator=torch.Generator().manual_seed(run.seed)).tolist()
         n_val = min(len(data) - 1, max(1, round(len(data) * self.val_fraction)))
         val, train = [data[k] for k in order[:n_val]], [data[k] for k in order[n_val:]]
@@ -156,7 +174,7 @@ class CausalLMTraining(Optimizer):
         module = CausalLMModule(policy, train, val, self.prefix, self.lr, self.batch_size, steps)
         trainer = run.trainer(max_steps=steps, max_epochs=self.epochs, log_every_n_steps=1, num_sanity_val_steps=0)
         trainer.validate(module, verbose=False)  # the untrained model's held-out loss, the start of the curve
-        trainer.fit(module)
+        run.fit(trainer, module)
         policy.eval()
         return policy
 
@@ -166,7 +184,7 @@ class Pretrain(CausalLMTraining):
     tokens (paragraphs joined by EOS)."""
 
     prefix = "pretrain"
-    bundled = "review_corpus.txt"
+    bundled = CORPUS
 
     def examples(self, policy: TextPolicy, path: Path) -> list[tuple[list[int], list[int]]]:
         stream: list[int] = []
@@ -182,7 +200,7 @@ class SFT(CausalLMTraining):
     response's start."""
 
     prefix = "sft"
-    bundled = "review_demos.jsonl"
+    bundled = DEMONSTRATIONS
 
     def examples(self, policy: TextPolicy, path: Path) -> list[tuple[list[int], list[int]]]:
         out = []

@@ -13,48 +13,51 @@ one for image observations (plugins/policies/cnn.py).
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Any, Literal
 
 import lightning as L
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
-from core.interfaces import Capabilities, Environment, IterationCallback, Optimizer, Policy, RewardModel
-from core.run import RunContext
+from core.interfaces import Capabilities, Environment, IterationCallback, Optimizer, Policy, RewardModel, SavedPolicy
+from core.run import ResumableLoader, RunContext
+from core.schema import NonNegative, Positive, PositiveInt, Unit, structured
 from core.types import Trajectory
-from plugins.policies.cnn import actor_critic_for
+from plugins.policies.cnn import actor_critic_for, start_from
 from plugins.policies.mlp import ActorCriticBase, RunningMeanStd
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class PPOHparams:
     """PPO settings; every field is documented in conf/ppo/cartpole.yaml."""
 
-    total_timesteps: int = 100_000
-    num_envs: int = 8
-    num_steps: int = 128
-    learning_rate: float = 2.5e-4
+    total_timesteps: PositiveInt = 100_000
+    num_envs: PositiveInt = 8
+    num_steps: PositiveInt = 128
+    learning_rate: Positive = 2.5e-4
     anneal_lr: bool = True
-    gamma: float = 0.99
-    gae_lambda: float = 0.95
-    num_minibatches: int = 4
-    update_epochs: int = 4
+    gamma: Unit = 0.99
+    gae_lambda: Unit = 0.95
+    num_minibatches: PositiveInt = 4
+    update_epochs: PositiveInt = 4
     norm_adv: bool = True
-    clip_coef: float = 0.2
+    clip_coef: Positive = 0.2
     clip_vloss: bool = True
-    ent_coef: float = 0.01
-    vf_coef: float = 0.5
-    max_grad_norm: float = 0.5
-    target_kl: float | None = None
+    ent_coef: NonNegative = 0.01
+    vf_coef: NonNegative = 0.5
+    max_grad_norm: Positive = 0.5
+    target_kl: Positive | None = None
     normalize_obs: bool = False
     normalize_reward: bool = True
-    clip_reward: float | None = None
-    hidden_sizes: list[int] = field(default_factory=lambda: [64, 64])
-    activation: str = "tanh"
+    clip_reward: Positive | None = None
+    hidden_sizes: list[PositiveInt] = field(default_factory=lambda: [64, 64])
+    activation: Literal["tanh", "relu", "leaky_relu"] = "tanh"
 
 
 # ---------------------------------------------------------------- the math, as plain functions
@@ -153,11 +156,43 @@ class PPOModule(L.LightningModule):
         self.ep_learned = np.zeros(hp.num_envs)
         self.ep_len = np.zeros(hp.num_envs, dtype=np.int64)
         self.finished: list[tuple[float, float, int]] = []
+        self.recent_return = float("nan")
         self.start_time = time.time()
         self.automatic_optimization = False
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(range(self.num_iterations), batch_size=None)  # type: ignore[arg-type]  # iteration indices
+        return ResumableLoader(range(self.num_iterations), batch_size=None, shuffle=False)  # iteration indices
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Besides the network and Adam (Lightning's): the environments mid-episode, the reward scaler, the
+        episode statistics, the counters and the callback's state (e.g. the demonstrations or labels so far)."""
+        checkpoint["ppo"] = {
+            "envs": self.env.snapshot(self.envs), "next_obs": self.next_obs, "scaler": self.scaler,
+            "env_steps": self.env_steps, "elapsed": time.time() - self.start_time, "episodes": self.episodes(),
+            "callback": self.callback.state_dict() if isinstance(self.callback, IterationCallback) else {}}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint["ppo"]
+        self.envs.close()
+        if state["envs"] is not None:
+            self.envs, self.next_obs = self.env.restore(state["envs"]), state["next_obs"]
+        else:  # an environment that cannot be saved (Atari's C++ vector env): its episodes start afresh
+            log.warning("env=%s cannot save its episodes in progress: on resume they start afresh (seeded by the "
+                        "env step count), so the resumed run differs from an uninterrupted one from here",
+                        self.env.name)
+            self.envs = self.env.make_vec(self.hp.num_envs)
+            self.next_obs, _ = self.envs.reset(seed=self.run.seed + state["env_steps"])
+        self.scaler, self.env_steps = state["scaler"], state["env_steps"]
+        self.start_time = time.time() - state["elapsed"]
+        self.ep_true, self.ep_learned, self.ep_len, self.finished, self.recent_return = state["episodes"]
+        if state["envs"] is None:
+            self.ep_true[:], self.ep_learned[:], self.ep_len[:] = 0.0, 0.0, 0
+        if isinstance(self.callback, IterationCallback):
+            self.callback.load_state_dict(state["callback"])
+
+    def episodes(self) -> tuple:
+        """The running episodes' returns and lengths, the finished ones' and the recent mean return."""
+        return self.ep_true, self.ep_learned, self.ep_len, self.finished, self.recent_return
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.policy.parameters(), lr=self.hp.learning_rate, eps=1e-5, foreach=True)
@@ -285,16 +320,20 @@ class PPOModule(L.LightningModule):
 class PPO(Optimizer):
     """policy=ppo: PPO on the true reward (reward=true) or on a learned RewardModel.
 
-    hparams: PPOHparams fields (conf/ppo/<env>.yaml). total_timesteps: overrides hparams'.
+    hparams: PPOHparams fields (conf/ppo/<env>.yaml; null where the env has no such file: PPOHparams'
+    defaults, CleanRL's). total_timesteps: overrides hparams'. A run started from another policy
+    (policy.init) trains that policy's network, whatever hidden_sizes say.
     """
 
     capabilities = Capabilities(observations=frozenset({"vector", "image"}),
                                 actions=frozenset({"discrete", "continuous"}), calls_back=True)
 
-    def __init__(self, hparams: DictConfig | dict | PPOHparams, total_timesteps: int | None = None) -> None:
-        if not isinstance(hparams, PPOHparams):  # validates field names and types, naming any bad key
-            hparams = cast(PPOHparams, OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(PPOHparams), hparams)))
-        self.hp = hparams
+    def __init__(self, hparams: PPOHparams | None = None, total_timesteps: PositiveInt | None = None) -> None:
+        if hparams is None:
+            log.warning("ppo: no PPO settings tuned for this env (conf/ppo/<env>.yaml); PPO's defaults are used "
+                        "(plugins/optimizers/ppo.py, PPOHparams)")
+            hparams = PPOHparams()
+        self.hp = structured(PPOHparams, hparams, "ppo")  # checks field names, types and ranges, naming any bad key
         if total_timesteps is not None:
             self.hp.total_timesteps = int(total_timesteps)
         if (self.hp.num_envs * self.hp.num_steps) % self.hp.num_minibatches:
@@ -302,12 +341,14 @@ class PPO(Optimizer):
                              f"divisible by num_minibatches ({self.hp.num_minibatches})")
 
     def fit(self, env: Environment, reward: RewardModel, run: RunContext,
-            demonstrations: list[Trajectory] | None = None,
-            callback: IterationCallback | None = None) -> Policy:
-        policy = actor_critic_for(env.observation_space, env.action_space, self.hp.hidden_sizes,
-                                  self.hp.activation, self.hp.normalize_obs)
+            demonstrations: list[Trajectory] | None = None, callback: IterationCallback | None = None,
+            init: SavedPolicy | None = None) -> Policy:
+        policy = (start_from(init, env, "policy=ppo") if init is not None else
+                  actor_critic_for(env.observation_space, env.action_space, self.hp.hidden_sizes,
+                                   self.hp.activation, self.hp.normalize_obs))
         module = PPOModule(policy, self.hp, env, reward, run, callback)
-        run.trainer(max_steps=module.num_iterations, max_epochs=1,  # one step per iteration, clipping in it
-                    log_every_n_steps=module.num_iterations).fit(module)
+        trainer = run.trainer(max_steps=module.num_iterations, max_epochs=1,  # one step per iteration, clipping in it
+                              log_every_n_steps=module.num_iterations)
+        run.fit(trainer, module)
         policy.eval()
         return policy

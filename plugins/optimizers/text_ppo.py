@@ -31,18 +31,26 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import cast
+from typing import Annotated, Any
 
 import lightning as L
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
-from core.interfaces import Capabilities, Environment, IterationCallback, Optimizer, Policy, RewardModel
-from core.run import RunContext
+from core.interfaces import (
+    Capabilities,
+    Environment,
+    IterationCallback,
+    Optimizer,
+    Policy,
+    PromptTask,
+    RewardModel,
+    SavedPolicy,
+)
+from core.run import ResumableLoader, RunContext
+from core.schema import NonNegative, NonNegativeInt, Positive, PositiveInt, Range, Unit, structured
 from core.types import Trajectory
-from plugins.envs.text import TextEnv
 from plugins.optimizers.ppo import clipped_policy_loss, gae, value_loss
 from plugins.policies.text import LoraSettings, Rollout, TextPolicy, build_text_policy
 
@@ -54,26 +62,26 @@ class TextPPOHparams:
     """Text PPO settings; every field is documented in conf/ppo/text.yaml."""
 
     model: str | None = None
-    total_timesteps: int = 7680
-    batch_size: int = 16
-    num_minibatches: int = 2
-    update_epochs: int = 4
-    learning_rate: float = 5e-4
-    gamma: float = 1.0
-    gae_lambda: float = 0.95
-    clip_coef: float = 0.2
+    total_timesteps: PositiveInt = 7680
+    batch_size: Annotated[int, Range(ge=2)] = 16
+    num_minibatches: PositiveInt = 2
+    update_epochs: PositiveInt = 4
+    learning_rate: Positive = 5e-4
+    gamma: Unit = 1.0
+    gae_lambda: Unit = 0.95
+    clip_coef: Positive = 0.2
     clip_vloss: bool = True
-    vf_coef: float = 0.1
-    max_grad_norm: float = 1.0
-    kl_coef: float = 0.2
+    vf_coef: NonNegative = 0.1
+    max_grad_norm: Positive = 1.0
+    kl_coef: NonNegative = 0.2
     adaptive_kl: bool = False
-    kl_target: float = 6.0
-    kl_horizon: int = 10000
+    kl_target: Positive = 6.0
+    kl_horizon: PositiveInt = 10000
     normalize_reward: bool = True
     whiten_rewards: bool = False
-    temperature: float = 1.0
+    temperature: Positive = 1.0
     lora: LoraSettings | None = None
-    eval_every: int = 5
+    eval_every: NonNegativeInt = 5
 
 
 class KLController:
@@ -120,7 +128,7 @@ class TextPPOModule(L.LightningModule):
     """One training step = one minibatch update; every `updates_per_iteration` steps it first samples
     and scores a new batch of responses."""
 
-    def __init__(self, policy: TextPolicy, hp: TextPPOHparams, env: TextEnv, reward: RewardModel,
+    def __init__(self, policy: TextPolicy, hp: TextPPOHparams, env: PromptTask, reward: RewardModel,
                  run: RunContext, callback: IterationCallback | None) -> None:
         super().__init__()
         self.policy, self.hp, self.env, self.reward_model = policy, hp, env, reward
@@ -135,9 +143,36 @@ class TextPPOModule(L.LightningModule):
         self.reward_shift, self.reward_scale = 0.0, 1.0
         self.env_steps, self.start_time = 0, time.time()
         self.recent_return = float("nan")
+        self.strict_loading = False  # checkpoints hold the trained weights only (prune_checkpoint)
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(range(self.num_iterations * self.updates_per_iteration), batch_size=None)  # type: ignore[arg-type]
+        return ResumableLoader(range(self.num_iterations * self.updates_per_iteration), batch_size=None, shuffle=False)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """The trained weights, and what the next step needs: the current batch (its responses, advantages,
+        minibatch order), the KL coefficient, the reward normalisation, the counters and random streams."""
+        self.policy.prune_checkpoint(checkpoint, "policy.")
+        checkpoint["text_ppo"] = {
+            "kl_coef": self.kl.value, "reward_shift": self.reward_shift, "reward_scale": self.reward_scale,
+            "env_steps": self.env_steps, "elapsed": time.time() - self.start_time, "recent_return": self.recent_return,
+            "rng": self.rng.bit_generator.state, "generator": self.generator.get_state(),
+            "rollout": getattr(self, "rollout", None), "buffer": getattr(self, "buffer", None),
+            "order": getattr(self, "order", None),
+            "callback": self.callback.state_dict() if isinstance(self.callback, IterationCallback) else {}}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint["text_ppo"]
+        self.kl.value = state["kl_coef"]
+        self.reward_shift, self.reward_scale = state["reward_shift"], state["reward_scale"]
+        self.env_steps, self.recent_return = state["env_steps"], state["recent_return"]
+        self.start_time = time.time() - state["elapsed"]
+        self.rng.bit_generator.state = state["rng"]
+        self.generator.set_state(state["generator"])
+        for name in ("rollout", "buffer", "order"):
+            if state[name] is not None:
+                setattr(self, name, state[name])
+        if isinstance(self.callback, IterationCallback):
+            self.callback.load_state_dict(state["callback"])
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         params = [p for p in self.policy.parameters() if p.requires_grad]
@@ -227,17 +262,16 @@ class TextPPOModule(L.LightningModule):
 
 
 class TextPPO(Optimizer):
-    """policy=ppo with env=text (conf/per_env/policy/text_ppo.yaml). hparams: TextPPOHparams fields
+    """policy=ppo with env=text (conf/policy/ppo.yaml's text variant). hparams: TextPPOHparams fields
     (conf/ppo/text.yaml); total_timesteps: tokens to generate (the token MDP's env steps), overriding
-    hparams'. Returns the trained TextPolicy (its reference inside, for evaluation)."""
+    hparams'. Starts from `init` (the recipe's current model, e.g. the SFT model, or policy.init), else
+    ppo.model, else env.model, which is then also the reference of the KL penalty and of the evaluation.
+    Returns the trained TextPolicy (its reference inside, for evaluation)."""
 
     capabilities = Capabilities(observations=frozenset({"text"}), actions=frozenset({"token"}))
 
-    def __init__(self, hparams: DictConfig | dict | TextPPOHparams, total_timesteps: int | None = None) -> None:
-        if not isinstance(hparams, TextPPOHparams):  # validates field names and types, naming any bad key
-            hparams = cast(TextPPOHparams,
-                           OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TextPPOHparams), hparams)))
-        self.hp = hparams
+    def __init__(self, hparams: TextPPOHparams, total_timesteps: PositiveInt | None = None) -> None:
+        self.hp = structured(TextPPOHparams, hparams, "ppo")  # checks field names, types and ranges, naming any bad key
         if total_timesteps is not None:
             self.hp.total_timesteps = int(total_timesteps)
         if self.hp.batch_size % self.hp.num_minibatches:
@@ -245,16 +279,18 @@ class TextPPO(Optimizer):
                              f"({self.hp.num_minibatches})")
 
     def fit(self, env: Environment, reward: RewardModel, run: RunContext,
-            demonstrations: list[Trajectory] | None = None, callback: IterationCallback | None = None) -> Policy:
-        if not isinstance(env, TextEnv):
+            demonstrations: list[Trajectory] | None = None, callback: IterationCallback | None = None,
+            init: SavedPolicy | None = None) -> Policy:
+        if not isinstance(env, PromptTask):
             raise TypeError(f"the text PPO optimises language models in env=text, got {type(env).__name__}")
         with torch.random.fork_rng():
             torch.manual_seed(run.seed)
-            policy = build_text_policy(self.hp.model or env.model, env.max_new_tokens, self.hp.temperature,
-                                       value_head=True, lora=self.hp.lora)
+            model = init.model if init is not None else (self.hp.model or env.model)
+            policy = build_text_policy(model, env.max_new_tokens, self.hp.temperature, value_head=True,
+                                       lora=self.hp.lora)
         module = TextPPOModule(policy, self.hp, env, reward, run, callback)
         steps = module.num_iterations * module.updates_per_iteration
-        run.trainer(max_steps=steps, gradient_clip_val=self.hp.max_grad_norm,
-                    log_every_n_steps=max(1, steps)).fit(module)
+        trainer = run.trainer(max_steps=steps, gradient_clip_val=self.hp.max_grad_norm, log_every_n_steps=max(1, steps))
+        run.fit(trainer, module)
         policy.eval()
         return policy

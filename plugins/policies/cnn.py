@@ -5,18 +5,24 @@
 - `CNNActorCritic`: that torso shared by a linear actor head (gain 0.01) and critic head (gain 1),
   orthogonal init, inputs scaled by 1/255, as in the PPO implementation details (Huang et al. 2022).
 - `actor_critic_for`: the actor-critic an optimizer should build for a task's spaces (CNN for
-  image observations, MLP for vectors), so PPO and behavioral cloning share the choice.
+  image observations, MLP for vectors), so PPO and behavioral cloning share the choice;
+  `load_actor_critic` builds one back from its saved file (ActorCriticBase.save); `start_from` is an
+  optimizer's start from a saved policy (policy.init, or an earlier stage's).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
 import torch
 from torch import nn
 
+from core.artifacts import load_policy
+from core.compat import IncompatibleError
+from core.interfaces import Environment, SavedPolicy
 from plugins.policies.mlp import ActorCritic, ActorCriticBase
 
 
@@ -55,6 +61,7 @@ class CNNActorCritic(ActorCriticBase):
         if len(shape) != 3 or shape[1:] != (84, 84):
             raise ValueError(f"CNNActorCritic needs (C, 84, 84) frames, got observations of shape {shape}")
         self.frame_shape = shape
+        self.architecture: dict[str, Any] = {}
         self.torso = NatureCNN(shape[0])
         self.actor = _init(nn.Linear(512, self.n_actions), 0.01)
         self.critic = _init(nn.Linear(512, 1), 1.0)
@@ -83,3 +90,20 @@ def actor_critic_for(observation_space: gym.Space, action_space: gym.Space, hidd
     if len(observation_space.shape or ()) == 3:
         return CNNActorCritic(observation_space, action_space)
     return ActorCritic(observation_space, action_space, hidden_sizes, activation, normalize_obs)
+
+
+def load_actor_critic(path: str, observation_space: gym.Space, action_space: gym.Space,
+                      hidden_sizes: Sequence[int] = (64, 64), activation: str = "tanh",
+                      normalize_obs: bool = False) -> ActorCriticBase:
+    """The actor-critic `ActorCriticBase.save` wrote to `path` (its state dict), for the task's spaces."""
+    policy = actor_critic_for(observation_space, action_space, hidden_sizes, activation, normalize_obs)
+    policy.load_state_dict(torch.load(path))
+    return policy.eval()
+
+
+def start_from(init: SavedPolicy, env: Environment, who: str) -> ActorCriticBase:
+    """The saved actor-critic `init` to train further (in training mode); another kind of policy is refused."""
+    policy = load_policy(init, env)
+    if not isinstance(policy, ActorCriticBase):
+        raise IncompatibleError(f"{who} starts from actor-critic networks; {init.path} holds a {type(policy).__name__}")
+    return policy.train()

@@ -6,7 +6,8 @@ Other plugins import these by their public names (`ActorCriticBase`, `ActorCriti
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import cast
+from pathlib import Path
+from typing import Any, cast
 
 import gymnasium as gym
 import numpy as np
@@ -78,6 +79,8 @@ class ActorCriticBase(nn.Module, Policy):
 
     low: torch.Tensor
     high: torch.Tensor
+    architecture: dict[str, Any]
+    """What rebuilds the network besides the task's spaces (hidden sizes, activation, ...), saved with it."""
 
     def __init__(self, action_space: gym.Space) -> None:
         super().__init__()
@@ -134,6 +137,14 @@ class ActorCriticBase(nn.Module, Policy):
             return action.cpu().numpy()
         return torch.maximum(torch.minimum(action, self.high), self.low).cpu().numpy()
 
+    def save(self, path: Path) -> dict[str, Any]:
+        """The state dict (network, normalisation statistics) as path.pt; loaded back by
+        plugins.policies.cnn.load_actor_critic with the architecture returned here."""
+        file = path.parent / f"{path.name}.pt"
+        file.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(self.state_dict(), file)
+        return {"_target_": "plugins.policies.cnn.load_actor_critic", "path": file.name, **self.architecture}
+
     @torch.no_grad()
     def act(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
         dist = self.distribution(self.normalize(obs))
@@ -153,6 +164,7 @@ class ActorCritic(ActorCriticBase):
         super().__init__(action_space)
         obs_dim = int(np.prod(observation_space.shape or ()))
         hidden = list(hidden_sizes)
+        self.architecture = {"hidden_sizes": hidden, "activation": activation, "normalize_obs": normalize_obs}
         self.actor = mlp([obs_dim, *hidden, self.n_actions], activation, out_gain=0.01)
         self.critic = mlp([obs_dim, *hidden, 1], activation, out_gain=1.0)
         self.obs_rms = RunningMeanStd((obs_dim,)) if normalize_obs else None

@@ -9,9 +9,14 @@ action = the next token), with an optional scalar value head for PPO and its fro
 - `act` is the token MDP's one-step interface (observations are token ids, padded with -1).
 
 The reference is the model as it was built (before any training): with LoRA (Hu et al. 2021, through
-peft) it is the same network with its adapters switched off, otherwise a frozen copy. The value head
-reads the LM's final hidden state of each state (a shared trunk, as in Ziegler et al. 2019) and starts
-at zero. Only trained parameters are in `state_dict()` (the adapters, or the whole LM, and the head).
+peft) it is the same network with its adapters switched off, otherwise a frozen copy (or, for a policy
+loaded back from an artifact, the model it had started from). The value head reads the LM's final
+hidden state of each state (a shared trunk, as in Ziegler et al. 2019) and starts at zero. Only trained
+parameters are in `state_dict()` (the adapters, or the whole LM, and the head).
+
+`save` writes a Hugging Face `save_pretrained` folder that `AutoModelForCausalLM.from_pretrained` opens
+(with LoRA: the adapters merged into the weights; the adapters themselves in its adapter/ subfolder),
+with the tokenizer, the value head (value_head.pt) and rexlab.yaml, which `load_text_policy` reads.
 """
 
 from __future__ import annotations
@@ -20,29 +25,27 @@ import copy
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from core.interfaces import Policy
-from plugins.policies.lm import load_causal_lm
+from core.interfaces import TOKEN_PAD, LanguagePolicy
+from core.schema import NonNegative, PositiveInt
+from plugins.lm import load_causal_lm
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
-
-PAD_OBS = -1
-"""Padding of token-MDP observations (token ids are >= 0)."""
-
 
 @dataclass
 class LoraSettings:
     """LoRA adapters (peft): rank r, scale alpha / r, dropout, and the modules adapted."""
 
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.0
+    r: PositiveInt = 16
+    alpha: PositiveInt = 32
+    dropout: NonNegative = 0.0
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj",
                                                                 "gate_proj", "up_proj", "down_proj"])
 
@@ -74,20 +77,23 @@ def _decoder_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
     return base.get_decoder(), base.get_output_embeddings()
 
 
-class TextPolicy(Policy, nn.Module):
+class TextPolicy(LanguagePolicy, nn.Module):
     """lm: a Hugging Face causal LM; tokenizer: its tokenizer; max_new_tokens: response length limit;
     temperature: the policy is softmax(logits / temperature); value_head: add PPO's value head;
     lora: wrap the LM in LoRA adapters (only they train); reference: keep the initial model as the
-    reference policy; batch_size: responses generated at once by `sample`."""
+    reference policy; batch_size: responses generated at once by `sample`; origin: the name or folder
+    the LM was loaded from (the reference's, recorded when the policy is saved); reference_lm: the
+    reference as a model of its own (a policy loaded back: the model it started from)."""
 
     def __init__(self, lm: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, max_new_tokens: int,
                  temperature: float = 1.0, value_head: bool = False, lora: LoraSettings | None = None,
-                 reference: bool = True, batch_size: int = 32) -> None:
+                 reference: bool = True, batch_size: int = 32, origin: str | None = None,
+                 reference_lm: PreTrainedModel | None = None) -> None:
         super().__init__()
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.tokenizer, self.max_new_tokens, self.temperature = tokenizer, max_new_tokens, temperature
-        self.batch_size = batch_size
+        self.batch_size, self.origin = batch_size, origin
         self.eos_id, self.pad_id = int(tokenizer.eos_token_id), int(tokenizer.pad_token_id)
         self.uses_lora = lora is not None
         # A list keeps the frozen copy out of this module's parameters, state_dict and optimiser.
@@ -98,9 +104,11 @@ class TextPolicy(Policy, nn.Module):
 
             network = get_peft_model(lm, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                                                     target_modules=list(lora.target_modules), bias="none"))
-        elif reference:
+        if reference_lm is not None:
+            self._frozen.append(reference_lm.eval().requires_grad_(False))
+        elif reference and lora is None:
             self._frozen.append(copy.deepcopy(lm).eval().requires_grad_(False))
-        self.has_reference = reference
+        self.has_reference = bool(self._frozen) or (reference and lora is not None)
         self.lm: Any = network
         self.value_head: nn.Linear | None = None
         if value_head:
@@ -117,11 +125,11 @@ class TextPolicy(Policy, nn.Module):
             return
         if not self.has_reference:
             raise RuntimeError("this text policy keeps no reference model")
-        if self.uses_lora:
+        if self._frozen:
+            yield self._frozen[0]
+        else:
             with self.lm.disable_adapter():
                 yield self.lm
-        else:
-            yield self._frozen[0]
 
     # ------------------------------------------------------------ text <-> tokens
     def encode(self, prompts: Sequence[str]) -> list[list[int]]:
@@ -183,20 +191,43 @@ class TextPolicy(Policy, nn.Module):
         response_mask = (torch.arange(T)[None, :] < lengths[:, None]).long()
         return Rollout(query, query_mask, response, response_mask)
 
+    @contextmanager
+    def _evaluating(self) -> Iterator[None]:
+        """Eval mode (no dropout) inside, the previous mode after."""
+        was_training = self.training
+        self.eval()
+        try:
+            yield
+        finally:
+            self.train(was_training)
+
     def sample(self, prompts: Sequence[str], seed: int, reference: bool = False) -> tuple[Rollout, list[str]]:
-        """Responses to `prompts`, generated `batch_size` at a time with a generator seeded by `seed`;
-        the rollout's tensors are right-padded to the longest response of the whole set."""
+        """Responses to `prompts`, generated `batch_size` at a time with a generator seeded by `seed` (in
+        eval mode); the rollout's tensors are right-padded to the longest response of the whole set."""
         generator = torch.Generator().manual_seed(seed)
         queries = self.encode(prompts)
-        parts = [self.generate(queries[k:k + self.batch_size], generator, reference)
-                 for k in range(0, len(queries), self.batch_size)]
+        with self._evaluating():
+            parts = [self.generate(queries[k:k + self.batch_size], generator, reference)
+                     for k in range(0, len(queries), self.batch_size)]
         rollout = concat_rollouts(parts, self.pad_id)
         return rollout, self.decode(rollout)
+
+    def response_lengths(self, sampled: Rollout) -> np.ndarray:
+        return sampled.response_mask.sum(1).numpy()
+
+    @torch.no_grad()
+    def log_ratio(self, sampled: Rollout) -> np.ndarray:
+        """Summed log pi - log pi_ref of each response's tokens (N,), `batch_size` responses at a time."""
+        with self._evaluating():
+            return np.concatenate([
+                (self.score_tokens(part)[0] - self.score_tokens(part, reference=True)[0]).sum(1).numpy()
+                for part in (sampled.select(torch.arange(k, min(k + self.batch_size, len(sampled))))
+                             for k in range(0, len(sampled), self.batch_size))])
 
     @torch.no_grad()
     def act(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
         """obs (N, L) token ids of prompt + response so far, right-padded with -1 -> next tokens (N,)."""
-        rows = [[int(t) for t in row if t != PAD_OBS] for row in np.asarray(obs)]
+        rows = [[int(t) for t in row if t != TOKEN_PAD] for row in np.asarray(obs)]
         ids, mask = self.left_pad(rows)
         positions = (mask.cumsum(-1) - 1).clamp_min(0)
         logits = self.lm(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, -1].float()
@@ -235,6 +266,29 @@ class TextPolicy(Policy, nn.Module):
         trainable = {name for name, p in self.named_parameters() if p.requires_grad}
         return {k: v for k, v in super().state_dict(*args, **kwargs).items() if k in trainable}
 
+    def prune_checkpoint(self, checkpoint: dict[str, Any], prefix: str) -> None:
+        """Drop from a Lightning checkpoint's state_dict (this policy under `prefix`) the frozen weights:
+        a resumed fit rebuilds them from the model it started from (with LoRA, all but the adapters)."""
+        trainable = {f"{prefix}{name}" for name, p in self.named_parameters() if p.requires_grad}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items()
+                                    if not k.startswith(prefix) or k in trainable}
+
+    def save(self, path: Path) -> dict[str, Any]:
+        """A save_pretrained folder at `path` (module docstring); returns the node load_text_policy takes."""
+        path.mkdir(parents=True, exist_ok=True)
+        if self.uses_lora:
+            self.lm.save_pretrained(path / "adapter")  # the adapters alone (peft's format)
+            merged = copy.deepcopy(self.lm).merge_and_unload()
+            merged.save_pretrained(path)
+        else:
+            self.lm.save_pretrained(path)
+        self.tokenizer.save_pretrained(path)
+        if self.value_head is not None:
+            torch.save(self.value_head.state_dict(), path / "value_head.pt")
+        return {"_target_": "plugins.policies.text.load_text_policy", "path": path.name,
+                "reference": self.origin if self.has_reference else None, "max_new_tokens": self.max_new_tokens,
+                "temperature": self.temperature, "batch_size": self.batch_size}
+
 
 def concat_rollouts(parts: list[Rollout], pad_id: int) -> Rollout:
     """Stack rollouts row-wise, left-padding queries and right-padding responses to a common width."""
@@ -253,7 +307,23 @@ def concat_rollouts(parts: list[Rollout], pad_id: int) -> Rollout:
 
 def build_text_policy(model: str, max_new_tokens: int, temperature: float = 1.0, value_head: bool = False,
                       lora: LoraSettings | None = None, batch_size: int = 32, reference: bool = True) -> TextPolicy:
-    """Load `model` (a hub id, a packaged model or a local folder; plugins/policies/lm.py) as a TextPolicy
+    """Load `model` (a hub id, a packaged model or a local folder; plugins/lm.py) as a TextPolicy
     in training mode; the LM's own dropout (none in SmolLM2) stays as configured."""
     lm, tokenizer = load_causal_lm(model)
-    return TextPolicy(lm, tokenizer, max_new_tokens, temperature, value_head, lora, reference, batch_size)
+    return TextPolicy(lm, tokenizer, max_new_tokens, temperature, value_head, lora, reference, batch_size,
+                      origin=model)
+
+
+def load_text_policy(path: str, reference: str | None, max_new_tokens: int, temperature: float = 1.0,
+                     batch_size: int = 32, **spaces: Any) -> TextPolicy:
+    """A policy `TextPolicy.save` wrote (its folder `path`), measured against `reference` (the model it
+    started from) where that is known; its value head too, if it had one. `spaces`: the task's spaces
+    (unused: a language model's come with its tokenizer)."""
+    lm, tokenizer = load_causal_lm(path)
+    reference_lm = load_causal_lm(reference)[0] if reference is not None else None
+    head = Path(path) / "value_head.pt"
+    policy = TextPolicy(lm, tokenizer, max_new_tokens, temperature, value_head=head.exists(), reference=False,
+                        batch_size=batch_size, origin=path, reference_lm=reference_lm)
+    if policy.value_head is not None:
+        policy.value_head.load_state_dict(torch.load(head))
+    return policy.eval()

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from core.interfaces import Capabilities, Environment, PreferenceSource
+from core.interfaces import Capabilities, Environment, PreferenceSource, SavedPolicy
 from core.jsonl import RecordError, check_text, read_jsonl, text_field
 from core.run import RunContext
 from core.types import Preferences, Response
@@ -131,5 +131,5 @@ class PreferenceFile(PreferenceSource):
     def __init__(self, path: str) -> None:
         self.path = path
 
-    def gather(self, env: Environment, run: RunContext) -> Preferences[Response]:
+    def gather(self, env: Environment, run: RunContext, policy: SavedPolicy | None = None) -> Preferences[Response]:
         return read_preference_file(self.path)

@@ -1,17 +1,56 @@
 """preference=learner_checkpoints: the T-REX setup. A learner (PPO on the true reward) trains and
 saves checkpoints; rollouts of those checkpoints are the demonstrations, ranked by true return.
 Each checkpoint is rolled out as soon as it is saved, and the learner stops once one of its
-demonstrations reaches `stop_return`, so the demonstrations stay suboptimal."""
+demonstrations reaches `stop_return`, so the demonstrations stay suboptimal. The checkpoints are kept
+as policy artifacts under checkpoints/learner/ (policy.init=.../checkpoints/learner/steps_00020480
+starts a run from one)."""
 
 from __future__ import annotations
 
-import numpy as np
-import torch
+from pathlib import Path
 
+import numpy as np
+
+from core.artifacts import save_policy
 from core.evaluation import rollout
-from core.interfaces import Capabilities, Environment, EnvReward, Optimizer, Policy, PreferenceSource
+from core.interfaces import (
+    Capabilities,
+    Environment,
+    EnvReward,
+    IterationCallback,
+    Optimizer,
+    Policy,
+    PreferenceSource,
+    SavedPolicy,
+)
 from core.run import RunContext
+from core.schema import PositiveInt
 from core.types import Preferences, Trajectory
+
+
+class Demonstrator(IterationCallback):
+    """The learner's callback: every `every` env steps, save the policy into `folder`, roll it out and
+    keep the rollouts; stop once one reaches `stop_return`."""
+
+    def __init__(self, source: LearnerCheckpoints, env: Environment, run: RunContext, folder: Path) -> None:
+        self.source, self.env, self.run, self.folder = source, env, run, folder
+        self.demos: list[Trajectory] = []
+        self.checkpoints = 0
+
+    def __call__(self, policy: Policy, env_steps: int, recent_return: float) -> bool:
+        source = self.source
+        if env_steps < (self.checkpoints + 1) * source.checkpoint_every:
+            return False
+        self.checkpoints += 1
+        save_policy(policy, self.folder / f"steps_{env_steps:08d}", self.env)
+        new = rollout(policy, self.env, source.episodes_per_checkpoint, seed=self.run.seed + 1000 + self.checkpoints,
+                      deterministic=source.deterministic)
+        for traj in new:
+            traj.info["checkpoint_steps"] = env_steps
+        self.demos.extend(new)
+        best = max(t.true_return for t in new)
+        self.run.log({"learner/checkpoint_return": best}, env_steps)
+        return source.stop_return is not None and best >= source.stop_return
 
 
 class LearnerCheckpoints(PreferenceSource):
@@ -24,35 +63,16 @@ class LearnerCheckpoints(PreferenceSource):
     capabilities = Capabilities(observations=frozenset({"vector", "image"}), provides_demonstrations=True,
                                 requires=(("learner", "calls_back", "policy"),))
 
-    def __init__(self, learner: Optimizer, checkpoint_every: int, stop_return: float | None = None,
-                 episodes_per_checkpoint: int = 1, deterministic: bool = False) -> None:
+    def __init__(self, learner: Optimizer, checkpoint_every: PositiveInt, stop_return: float | None = None,
+                 episodes_per_checkpoint: PositiveInt = 1, deterministic: bool = False) -> None:
         self.learner, self.checkpoint_every, self.stop_return = learner, checkpoint_every, stop_return
         self.episodes_per_checkpoint, self.deterministic = episodes_per_checkpoint, deterministic
 
-    def gather(self, env: Environment, run: RunContext) -> Preferences:
-        demos: list[Trajectory] = []
-        checkpoints = 0
-        folder = run.output_dir / "checkpoints" / "learner"
-        folder.mkdir(parents=True, exist_ok=True)
-
-        def on_iteration(policy: Policy, env_steps: int, recent_return: float) -> bool:
-            nonlocal checkpoints
-            if env_steps < (checkpoints + 1) * self.checkpoint_every:
-                return False
-            checkpoints += 1
-            if isinstance(policy, torch.nn.Module):
-                torch.save(policy.state_dict(), folder / f"steps_{env_steps:08d}.pt")
-            new = rollout(policy, env, self.episodes_per_checkpoint, seed=run.seed + 1000 + checkpoints,
-                          deterministic=self.deterministic)
-            for traj in new:
-                traj.info["checkpoint_steps"] = env_steps
-            demos.extend(new)
-            best = max(t.true_return for t in new)
-            run.log({"learner/checkpoint_return": best}, env_steps)
-            return self.stop_return is not None and best >= self.stop_return
-
-        self.learner.fit(env, EnvReward(), run.scoped(train="learner"), callback=on_iteration)
-        if not demos:
+    def gather(self, env: Environment, run: RunContext, policy: SavedPolicy | None = None) -> Preferences:
+        demonstrator = Demonstrator(self, env, run, run.output_dir / "checkpoints" / "learner")
+        self.learner.fit(env, EnvReward(), run.scoped(train="learner"), callback=demonstrator)
+        if not demonstrator.demos:
             raise RuntimeError(f"preference: the learner stopped before its first checkpoint "
                                f"(checkpoint_every={self.checkpoint_every} env steps); lower it")
+        demos = demonstrator.demos
         return Preferences.from_ranking(demos, np.array([t.true_return for t in demos]))

@@ -1,101 +1,37 @@
-"""Noise injection (D-REX: Brown, Goo, Niekum, CoRL 2019, arXiv:1907.03976).
-
-A behavioral-cloning policy is rolled out with epsilon-greedy noise at several levels: each action
-is, with probability epsilon, drawn uniformly from the action space. Rollouts are ranked by noise
-level alone (less noise is better; rollouts at one level are tied), with the demonstrations above
-every level. No true-reward label is used for the ranking. `noise_ranking` is the building block
-(reward=drex uses it too); `NoiseInjection` is the preference source (preference=noise_injection)
-that wraps another source for its demonstrations.
-"""
+"""preference=noise_injection: D-REX's automatic ranking as a preference source (Brown, Goo, Niekum, CoRL
+2019): noise-injected rollouts of a behavioural clone of another source's demonstrations, ranked by
+noise level alone (plugins/noise_ranking.py). With reward=trex this is D-REX, the ranking its own stage."""
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 
-import gymnasium as gym
-import numpy as np
-from tqdm.auto import tqdm
-
-from core.evaluation import rollout
-from core.interfaces import Capabilities, Environment, EnvReward, Optimizer, Policy, PreferenceSource
+from core.interfaces import Capabilities, Environment, Optimizer, PreferenceSource, SavedPolicy
 from core.run import RunContext
-from core.types import Preferences, Trajectory
-
-
-class NoisyPolicy(Policy):
-    """Epsilon-greedy around `policy`: each row's action is uniform over `space` with prob. epsilon."""
-
-    def __init__(self, policy: Policy, space: gym.Space, epsilon: float, seed: int) -> None:
-        self.policy, self.epsilon = policy, epsilon
-        self.space = copy.deepcopy(space)
-        self.space.seed(seed)
-        self.rng = np.random.default_rng(seed)
-
-    def act(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
-        actions = self.policy.act(obs, deterministic)
-        noisy = self.rng.random(len(obs)) < self.epsilon
-        for i in np.flatnonzero(noisy):
-            actions[i] = self.space.sample()
-        return actions
-
-
-def agreement_with_true_returns(prefs: Preferences) -> float:
-    """Fraction of preference pairs whose order the true returns agree with (nan if unknown)."""
-    returns = np.array([t.true_return for t in prefs.items])
-    if len(prefs.pairs) == 0 or not np.isfinite(returns).all():
-        return float("nan")
-    return float(np.mean(returns[prefs.pairs[:, 0]] > returns[prefs.pairs[:, 1]]))
-
-
-def noise_ranking(demos: list[Trajectory], env: Environment, run: RunContext, cloner: Optimizer,
-                  noise_levels: Sequence[float], rollouts_per_level: int, include_demonstrations: bool,
-                  bc_eval_episodes: int = 10) -> Preferences:
-    """Clone `demos`, roll the clone out at every noise level, rank by noise (demos best).
-
-    Logs bc/true_return_mean (the clone without noise, for comparison with the final policy) and
-    preference/label_agreement (how often the noise ranking agrees with the true returns).
-    """
-    bc = cloner.fit(env, EnvReward(), run, demonstrations=demos)
-    bc_returns = [t.true_return for t in rollout(bc, env, bc_eval_episodes, seed=run.seed + 20_000)]
-    run.log({"bc/true_return_mean": float(np.mean(bc_returns)), "bc/true_return_std": float(np.std(bc_returns))}, 0)
-    items: list[Trajectory] = []
-    scores: list[float] = []
-    for k, eps in enumerate(tqdm(sorted(noise_levels), desc="noise injection", disable=not run.progress,
-                                 leave=False)):
-        noisy = NoisyPolicy(bc, env.action_space, float(eps), seed=run.seed + 3000 + k)
-        for traj in rollout(noisy, env, rollouts_per_level, seed=run.seed + 3000 + k):
-            traj.info["noise"] = float(eps)
-            items.append(traj)
-            scores.append(-float(eps))
-    if include_demonstrations:
-        items += demos
-        scores += [1.0] * len(demos)  # above every noise level (epsilon >= 0)
-    prefs = Preferences.from_ranking(items, np.array(scores))
-    prefs.demonstrations = demos
-    agreement = agreement_with_true_returns(prefs)
-    if np.isfinite(agreement):
-        run.log({"preference/label_agreement": agreement}, 0)
-    return prefs
+from core.schema import NonNegative, PositiveInt
+from core.types import Preferences
+from plugins.noise_ranking import noise_ranking
 
 
 class NoiseInjection(PreferenceSource):
     """preference=noise_injection. demonstrations: the source of the demonstrations (their ranking is
-    only used to pick the best `num_demos`); cloner: the BC optimizer; other fields as noise_ranking."""
+    only used to pick the best `num_demos`); cloner: the BC optimizer; noise_levels: epsilons;
+    rollouts_per_level: rollouts per epsilon; include_demonstrations: rank the demonstrations above
+    every noise level."""
 
     capabilities = Capabilities(observations=frozenset({"vector", "image"}),
                                 actions=frozenset({"discrete", "continuous"}),
                                 requires=(("demonstrations", "provides_demonstrations", "preference"),
                                           ("cloner", "needs_demonstrations", "policy")))
 
-    def __init__(self, demonstrations: PreferenceSource, cloner: Optimizer, noise_levels: Sequence[float],
-                 rollouts_per_level: int = 5, num_demos: int | None = None,
+    def __init__(self, demonstrations: PreferenceSource, cloner: Optimizer, noise_levels: Sequence[NonNegative],
+                 rollouts_per_level: PositiveInt = 5, num_demos: PositiveInt | None = None,
                  include_demonstrations: bool = True) -> None:
         self.demonstrations, self.cloner, self.noise_levels = demonstrations, cloner, list(noise_levels)
         self.rollouts_per_level, self.num_demos = rollouts_per_level, num_demos
         self.include_demonstrations = include_demonstrations
 
-    def gather(self, env: Environment, run: RunContext) -> Preferences:
-        demos = self.demonstrations.gather(env, run).best_first(self.num_demos)
+    def gather(self, env: Environment, run: RunContext, policy: SavedPolicy | None = None) -> Preferences:
+        demos = self.demonstrations.gather(env, run.nested()).best_first(self.num_demos)
         return noise_ranking(demos, env, run, self.cloner, self.noise_levels, self.rollouts_per_level,
                              self.include_demonstrations)

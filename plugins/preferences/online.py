@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 import gymnasium as gym
 import numpy as np
@@ -52,9 +52,11 @@ from core.interfaces import (
     Policy,
     PreferenceSource,
     RewardModel,
+    SavedPolicy,
 )
 from core.labels import annotator_factors, annotator_scales, calibrate, label
 from core.run import RunContext
+from core.schema import NonNegative, NonNegativeInt, Positive, PositiveInt, Range
 from core.types import Preferences, Trajectory
 
 
@@ -108,22 +110,13 @@ class OnlinePreferences(PreferenceSource):
 
     capabilities = Capabilities(observations=frozenset({"vector", "image"}), queries_online=True)
 
-    def __init__(self, horizon: int, num_queries: int = 700, initial_fraction: float = 0.25,
-                 fragment_length: int = 25, rounds: int = 10, label_decay_steps: float = 2e6,
-                 selection: Literal["disagreement", "uniform"] = "disagreement", candidates_per_query: int = 10,
-                 agreement: float = 1.0, noise: Literal["boltzmann", "flip"] = "boltzmann", annotators: int = 1,
-                 annotator_spread: float = 0.5) -> None:
-        checks = {"num_queries": (num_queries, num_queries >= 2),
-                  "initial_fraction": (initial_fraction, 0.0 < initial_fraction <= 1.0),
-                  "fragment_length": (fragment_length, fragment_length >= 1), "rounds": (rounds, rounds >= 0),
-                  "horizon": (horizon, horizon >= 1), "label_decay_steps": (label_decay_steps, label_decay_steps > 0),
-                  "candidates_per_query": (candidates_per_query, candidates_per_query >= 1),
-                  "agreement": (agreement, 0.5 < agreement <= 1.0),
-                  "selection": (selection, selection in ("disagreement", "uniform")),
-                  "noise": (noise, noise in ("boltzmann", "flip")), "annotators": (annotators, annotators >= 1)}
-        for key, (value, ok) in checks.items():
-            if not ok:
-                raise ValueError(f"preference.{key}={value!r} is out of range (see conf/preference/online.yaml)")
+    def __init__(self, horizon: PositiveInt, num_queries: Annotated[int, Range(ge=2)] = 700,
+                 initial_fraction: Annotated[float, Range(gt=0, le=1)] = 0.25, fragment_length: PositiveInt = 25,
+                 rounds: NonNegativeInt = 10, label_decay_steps: Positive = 2e6,
+                 selection: Literal["disagreement", "uniform"] = "disagreement",
+                 candidates_per_query: PositiveInt = 10, agreement: Annotated[float, Range(gt=0.5, le=1)] = 1.0,
+                 noise: Literal["boltzmann", "flip"] = "boltzmann", annotators: PositiveInt = 1,
+                 annotator_spread: NonNegative = 0.5) -> None:
         self.num_queries, self.initial = num_queries, max(1, int(round(num_queries * initial_fraction)))
         if rounds == 0:
             self.initial = num_queries
@@ -179,7 +172,7 @@ class OnlinePreferences(PreferenceSource):
                  "preference/rollout_return": float(np.mean([t.true_return for t in trajs]))}, step)
 
     # ------------------------------------------------------------ the PreferenceSource interface
-    def gather(self, env: Environment, run: RunContext) -> Preferences:
+    def gather(self, env: Environment, run: RunContext, policy: SavedPolicy | None = None) -> Preferences:
         self.rng = np.random.default_rng(run.seed + 5000)
         prefs = Preferences(items=[], pairs=np.zeros((0, 2)), demonstrations=[])
         self.query(UniformPolicy(env.action_space, run.seed + 5000), prefs, self.initial, env, run, self.rng,
@@ -194,18 +187,41 @@ class OnlinePreferences(PreferenceSource):
             raise TypeError(f"preference.selection=disagreement needs a reward model whose ensemble members can be "
                             f"asked (member_returns); {type(reward).__name__} has none: use "
                             f"preference.selection=uniform")
-        next_round = 0
+        return QueryRounds(self, prefs, reward, env, run)
 
-        def on_iteration(policy: Policy, env_steps: int, recent_return: float) -> bool:
-            nonlocal next_round
-            due = 0
-            while next_round < len(self.round_steps) and env_steps >= self.round_steps[next_round]:
-                due += int(self.round_labels[next_round])
-                next_round += 1
-            if due > 0:
-                self.query(policy, prefs, due, env, run, self.rng, reward, env_steps)
-                reward_steps = [s for key, h in run.tracker.history.items() if key.startswith("reward/") for s, _ in h]
-                reward.fit(prefs, env, run.shifted(max(reward_steps, default=-1) + 1))  # continue reward/* curves
-            return False
 
-        return on_iteration
+class QueryRounds(IterationCallback):
+    """The optimizer's callback of an online source: at each round's env step, label the round's pairs
+    of the current policy's fragments and refit the reward. Its state (the rounds done, every label so
+    far, the labeler's random stream and noise, the reward's nets) goes into the optimizer's checkpoints."""
+
+    def __init__(self, source: OnlinePreferences, prefs: Preferences, reward: RewardModel, env: Environment,
+                 run: RunContext) -> None:
+        self.source, self.prefs, self.reward, self.env, self.run = source, prefs, reward, env, run
+        self.next_round = 0
+
+    def __call__(self, policy: Policy, env_steps: int, recent_return: float) -> bool:
+        source, due = self.source, 0
+        while self.next_round < len(source.round_steps) and env_steps >= source.round_steps[self.next_round]:
+            due += int(source.round_labels[self.next_round])
+            self.next_round += 1
+        if due > 0:
+            source.query(policy, self.prefs, due, self.env, self.run, source.rng, self.reward, env_steps)
+            self.reward.fit(self.prefs, self.env, self.run.nested())
+        return False
+
+    def state_dict(self) -> dict[str, Any]:
+        source, prefs = self.source, self.prefs
+        return {"next_round": self.next_round, "items": prefs.items, "pairs": prefs.pairs, "demos": prefs.demos,
+                "rng": source.rng.bit_generator.state, "scales": source.scales, "correct": source.correct,
+                "informative": source.informative, "reward": self.reward.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        source, prefs = self.source, self.prefs
+        self.next_round = int(state["next_round"])
+        prefs.items[:], prefs.pairs = state["items"], state["pairs"]
+        assert prefs.demonstrations is not None
+        prefs.demonstrations[:] = state["demos"]
+        source.rng.bit_generator.state = state["rng"]
+        source.scales, source.correct, source.informative = state["scales"], state["correct"], state["informative"]
+        self.reward.load_state_dict(state["reward"])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from core.demo_files import load_demos
-from core.interfaces import Capabilities, Environment, PreferenceSource
+from core.interfaces import Capabilities, Environment, PreferenceSource, SavedPolicy
 from core.run import RunContext
 from core.types import Preferences
 
@@ -16,7 +16,7 @@ class RankedDemos(PreferenceSource):
     def __init__(self, path: str) -> None:
         self.path = path
 
-    def gather(self, env: Environment, run: RunContext) -> Preferences:
+    def gather(self, env: Environment, run: RunContext, policy: SavedPolicy | None = None) -> Preferences:
         trajs, scores = load_demos(self.path)
         expected = env.observation_space.shape
         if trajs[0].obs.shape[1:] != expected:

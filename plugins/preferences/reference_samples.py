@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Annotated
 
 import numpy as np
 import torch
 
-from core.interfaces import Capabilities, Environment, PreferenceSource
+from core.interfaces import Capabilities, Environment, PreferenceSource, PromptTask, SavedPolicy
 from core.run import RunContext
+from core.schema import Positive, PositiveInt, Range
 from core.types import Preferences, Response, same_prompt_pairs
-from plugins.envs.text import TextEnv
 from plugins.policies.text import build_text_policy
 
 log = logging.getLogger(__name__)
@@ -27,34 +28,31 @@ log = logging.getLogger(__name__)
 
 class ReferenceSamples(PreferenceSource):
     """prompts: prompts drawn (with replacement) from the training prompts; responses_per_prompt:
-    responses sampled for each draw; model: the LM to sample (null: env.model); temperature: sampling
-    temperature; batch_size: responses generated at once. Pairs: every two responses to the same
-    prompt whose gold rewards differ, the higher preferred."""
+    responses sampled for each draw; model: the LM to sample (null: the recipe's current model, e.g. the SFT
+    model, else env.model); temperature: sampling temperature; batch_size: responses generated at once.
+    Pairs: every two responses to the same prompt whose gold rewards differ, the higher preferred."""
 
     capabilities = Capabilities(observations=frozenset({"text"}), actions=frozenset({"token"}))
 
-    def __init__(self, prompts: int = 128, responses_per_prompt: int = 4, model: str | None = None,
-                 temperature: float = 1.0, batch_size: int = 32) -> None:
-        if prompts < 1 or responses_per_prompt < 2:
-            raise ValueError(f"preference: prompts must be >= 1 and responses_per_prompt >= 2, got {prompts} "
-                             f"and {responses_per_prompt}")
+    def __init__(self, prompts: PositiveInt = 128, responses_per_prompt: Annotated[int, Range(ge=2)] = 4,
+                 model: str | None = None, temperature: Positive = 1.0, batch_size: PositiveInt = 32) -> None:
         self.prompts, self.per_prompt, self.model = prompts, responses_per_prompt, model
         self.temperature, self.batch_size = temperature, batch_size
 
-    def gather(self, env: Environment, run: RunContext) -> Preferences[Response]:
-        if not isinstance(env, TextEnv):
-            raise TypeError(f"reference samples are responses of a language model in env=text, "
+    def gather(self, env: Environment, run: RunContext, policy: SavedPolicy | None = None) -> Preferences[Response]:
+        if not isinstance(env, PromptTask):
+            raise TypeError(f"reference samples are responses of a language model to a prompt task (env=text), "
                             f"got {type(env).__name__}")
+        model = self.model or (policy.model if policy is not None else env.model)
         rng = np.random.default_rng(run.seed + 3000)
         chosen = rng.integers(len(env.train_prompts), size=self.prompts)
         prompts = [env.train_prompts[k] for k in chosen for _ in range(self.per_prompt)]
         start = time.perf_counter()
         with torch.random.fork_rng():
             torch.manual_seed(run.seed)
-            policy = build_text_policy(self.model or env.model, env.max_new_tokens, self.temperature,
-                                       batch_size=self.batch_size, reference=False)
-        policy.eval()
-        _, texts = policy.sample(prompts, seed=run.seed + 3001)
+            sampler = build_text_policy(model, env.max_new_tokens, self.temperature, batch_size=self.batch_size,
+                                        reference=False)
+        _, texts = sampler.sample(prompts, seed=run.seed + 3001)
         gold = env.gold(prompts, texts)
         log.info("sampled %d reference responses in %.0f s", len(texts), time.perf_counter() - start)
         items = [Response(p, t, gold=float(g)) for p, t, g in zip(prompts, texts, gold, strict=True)]

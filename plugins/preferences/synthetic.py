@@ -15,13 +15,14 @@ preference/label_agreement.
 from __future__ import annotations
 
 import logging
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 
-from core.interfaces import Capabilities, Environment, PreferenceSource
+from core.interfaces import Capabilities, Environment, PreferenceSource, SavedPolicy
 from core.labels import annotator_factors, annotator_scales, calibrate, label
 from core.run import RunContext
+from core.schema import NonNegative, PositiveInt, Range
 from core.types import Preferences, Response, Trajectory, same_prompt_pairs
 
 log = logging.getLogger(__name__)
@@ -37,13 +38,10 @@ class SyntheticLabeler(PreferenceSource):
 
     capabilities = Capabilities(observations=frozenset({"vector", "image", "text"}))
 
-    def __init__(self, rollouts: PreferenceSource, num_queries: int | None = 2000, fragment_length: int = 50,
-                 agreement: float = 0.72, noise: Literal["boltzmann", "flip"] = "boltzmann", annotators: int = 1,
-                 annotator_spread: float = 0.5) -> None:
-        if not 0.5 < agreement < 1.0:
-            raise ValueError(f"preference.agreement must be in (0.5, 1), got {agreement}")
-        if noise not in ("boltzmann", "flip"):
-            raise ValueError(f"preference.noise must be 'boltzmann' or 'flip', got {noise!r}")
+    def __init__(self, rollouts: PreferenceSource, num_queries: PositiveInt | None = 2000,
+                 fragment_length: PositiveInt = 50, agreement: Annotated[float, Range(gt=0.5, lt=1)] = 0.72,
+                 noise: Literal["boltzmann", "flip"] = "boltzmann", annotators: PositiveInt = 1,
+                 annotator_spread: NonNegative = 0.5) -> None:
         self.rollouts, self.num_queries, self.fragment_length = rollouts, num_queries, fragment_length
         self.agreement, self.noise, self.annotators, self.spread = agreement, noise, annotators, annotator_spread
 
@@ -73,8 +71,8 @@ class SyntheticLabeler(PreferenceSource):
                              f"(preference.rollouts.prompts)")
         return [r for k in rng.permutation(len(pairs))[:wanted] for r in pairs[k]]
 
-    def gather(self, env: Environment, run: RunContext) -> Preferences:
-        source = self.rollouts.gather(env, run)
+    def gather(self, env: Environment, run: RunContext, policy: SavedPolicy | None = None) -> Preferences:
+        source = self.rollouts.gather(env, run.nested(), policy)
         trajs = source.demonstrations or source.items
         rng = np.random.default_rng(run.seed + 4000)
         if all(isinstance(t, Response) for t in trajs):  # text: whole responses, gold reward as the truth

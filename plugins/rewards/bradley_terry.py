@@ -29,12 +29,14 @@ with training) are held out for reward/val_loss and reward/val_pair_accuracy.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
 from collections.abc import Callable, Sequence
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
 import lightning as L
 import numpy as np
@@ -44,9 +46,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from core.interfaces import Capabilities, Environment, RewardModel
-from core.run import RunContext
+from core.run import ResumableLoader, RunContext
+from core.schema import NonNegative, Positive, PositiveInt, UnitOpen
 from core.types import Preferences, Response
-from plugins.policies.lm import MINILM, load_encoder
+from plugins.lm import MINILM, load_encoder
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -183,8 +186,7 @@ class BradleyTerryModule(L.LightningModule):
         self.val_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(Groups(self.train_groups), batch_size=self.batch_size, shuffle=True,
-                          collate_fn=self.collate_fn)
+        return ResumableLoader(Groups(self.train_groups), batch_size=self.batch_size, collate_fn=self.collate_fn)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(Groups(self.val_groups), batch_size=32, collate_fn=self.collate_fn)
@@ -229,13 +231,12 @@ class BradleyTerry(RewardModel):
 
     capabilities = Capabilities(observations=frozenset({"text"}), actions=frozenset({"token"}), needs_preferences=True)
 
-    def __init__(self, model: str = MINILM, pooling: str = "mean", max_length: int = 256, lr: float = 1e-4,
-                 weight_decay: float = 0.0, batch_size: int = 16, epochs: int = 1, val_fraction: float = 0.1,
-                 val_checks_per_epoch: int = 4, score_batch_size: int = 64) -> None:
+    def __init__(self, model: str = MINILM, pooling: Literal["mean", "last"] = "mean", max_length: PositiveInt = 256,
+                 lr: Positive = 1e-4, weight_decay: NonNegative = 0.0, batch_size: PositiveInt = 16,
+                 epochs: PositiveInt = 1, val_fraction: UnitOpen = 0.1, val_checks_per_epoch: PositiveInt = 4,
+                 score_batch_size: PositiveInt = 64) -> None:
         if pooling not in POOLINGS:
             raise ValueError(f"reward.pooling={pooling!r}: choose one of {sorted(POOLINGS)}")
-        if not 0.0 <= val_fraction < 1.0:
-            raise ValueError(f"reward.val_fraction={val_fraction}: must be in [0, 1)")
         self.model_name, self.pooling, self.max_length = model, pooling, max_length
         self.lr, self.weight_decay, self.batch_size, self.epochs = lr, weight_decay, batch_size, epochs
         self.val_fraction, self.val_checks, self.score_batch_size = val_fraction, val_checks_per_epoch, score_batch_size
@@ -243,6 +244,7 @@ class BradleyTerry(RewardModel):
         self.tokenizer: PreTrainedTokenizerBase | None = None
         self.offset = 0.0
         self.pairs_per_second = math.nan  # training throughput of the last fit
+        self.baselines: dict[str, float] = {}
 
     def encode(self, prompts: Sequence[str], responses: Sequence[str]) -> list[list[int]]:
         """Token ids of each (prompt, response) as a text pair, truncated to max_length (longest first)."""
@@ -274,7 +276,7 @@ class BradleyTerry(RewardModel):
             run.log(self.evaluate(val, collate_fn), 0)
         start = time.perf_counter()
         self.net.train()  # from_pretrained returns eval mode; training uses the backbone's dropout
-        trainer.fit(module)
+        run.fit(trainer, module)
         pairs_trained = sum(len(local) for _, local in train) * self.epochs
         self.pairs_per_second = pairs_trained / (time.perf_counter() - start)
         log.info("reward model: %d training pairs x %d epochs at %.1f pairs/s (validation included)",
@@ -335,3 +337,23 @@ class BradleyTerry(RewardModel):
     def state_dict(self) -> dict:
         return {} if self.net is None else {"net": self.net.state_dict(), "offset": self.offset,
                                          "model": self.model_name, "pooling": self.pooling}
+
+    def save(self, folder: Path) -> None:
+        """folder/backbone (save_pretrained, with its tokenizer), folder/head.pt and folder/scoring.json (the
+        pooling, token limit and score offset): what `load` reads back."""
+        if self.net is None or self.tokenizer is None:
+            raise RuntimeError("reward=bradley_terry: save() called before fit()")
+        folder.mkdir(parents=True, exist_ok=True)
+        self.net.backbone.save_pretrained(folder / "backbone")
+        self.tokenizer.save_pretrained(folder / "backbone")
+        torch.save(self.net.head.state_dict(), folder / "head.pt")
+        (folder / "scoring.json").write_text(json.dumps({"pooling": self.pooling, "max_length": self.max_length,
+                                                         "offset": self.offset, "model": self.model_name}))
+
+    def load(self, folder: Path) -> None:
+        scoring = json.loads((folder / "scoring.json").read_text())
+        self.pooling, self.max_length, self.offset = scoring["pooling"], scoring["max_length"], scoring["offset"]
+        backbone, self.tokenizer = load_encoder(str(folder / "backbone"))
+        self.net = RewardNet(backbone, self.pooling)
+        self.net.head.load_state_dict(torch.load(folder / "head.pt"))
+        self.net.eval()

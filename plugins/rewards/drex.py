@@ -1,9 +1,10 @@
 """D-REX: Disturbance-based Reward EXtrapolation (Brown, Goo, Niekum, CoRL 2019, arXiv:1907.03976).
 
 From unranked demonstrations: behavioral cloning, rollouts of the clone under an epsilon-greedy
-noise schedule ranked by noise level alone (plugins/preferences/noise_injection.py), then T-REX's
-ranking loss on that automatic ranking. The preference source only supplies the demonstrations;
-their own ranking picks the best `num_demos` and is otherwise ignored.
+noise schedule ranked by noise level alone (plugins/noise_ranking.py), then T-REX's ranking loss on
+that automatic ranking. The preference source only supplies the demonstrations; their own ranking
+picks the best `num_demos` and is otherwise ignored. The clone's true return is the baseline "bc"
+(eval/beats_bc).
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from typing import Any
 
 from core.interfaces import Capabilities, Environment, Optimizer
 from core.run import RunContext
+from core.schema import NonNegative, PositiveInt
 from core.types import Preferences
-from plugins.preferences.noise_injection import noise_ranking
+from plugins.noise_ranking import noise_ranking
 from plugins.rewards.trex import TREX
 
 
@@ -30,8 +32,8 @@ class DREX(TREX):
                                 notes=("reward=trex preference=noise_injection is D-REX with the noise ranking "
                                        "as its own stage.",))
 
-    def __init__(self, cloner: Optimizer, noise_levels: Sequence[float], rollouts_per_level: int = 5,
-                 num_demos: int | None = None, include_demonstrations: bool = True, **trex: Any) -> None:
+    def __init__(self, cloner: Optimizer, noise_levels: Sequence[NonNegative], rollouts_per_level: PositiveInt = 5,
+                 num_demos: PositiveInt | None = None, include_demonstrations: bool = True, **trex: Any) -> None:
         super().__init__(**trex)
         self.cloner, self.noise_levels, self.rollouts_per_level = cloner, list(noise_levels), rollouts_per_level
         self.num_demos, self.include_demonstrations = num_demos, include_demonstrations
@@ -40,3 +42,4 @@ class DREX(TREX):
         ranked = noise_ranking(prefs.best_first(self.num_demos), env, run, self.cloner, self.noise_levels,
                                self.rollouts_per_level, self.include_demonstrations)
         super().fit(ranked, env, run)
+        self.baselines = dict(ranked.baselines)

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Literal
 
 import lightning as L
 import numpy as np
@@ -53,7 +54,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from core.evaluation import pearson
 from core.interfaces import Capabilities, Environment, RewardModel
-from core.run import RunContext
+from core.run import ResumableLoader, RunContext
+from core.schema import NonNegative, Positive, PositiveInt, UnitOpen
 from core.types import Preferences, Trajectory
 from plugins.rewards.nets import EnsembleCNN, EnsembleMLP, ensemble_rewards, reward_ensemble
 
@@ -164,7 +166,7 @@ class TREXModule(L.LightningModule):
         self.val_losses: list[torch.Tensor] = []
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True)
+        return ResumableLoader(self.train_set, batch_size=self.batch_size)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.val_set, batch_size=64)
@@ -231,35 +233,39 @@ class TREX(RewardModel):
                                 notes=("For text, reward=bradley_terry is T-REX's loss on whole ranked responses "
                                        "(a ranking of K responses gives its K choose 2 pairs).",))
 
-    def __init__(self, num_pairs: int = 6000, min_snippet_length: int = 50, max_snippet_length: int = 100,
-                 ensemble_size: int = 5, hidden_sizes: Sequence[int] = (256, 256), activation: str = "leaky_relu",
-                 lr: float = 5e-5, weight_decay: float = 0.0, batch_size: int = 1, epochs: int = 1,
-                 val_fraction: float = 0.1, val_checks_per_epoch: int = 4, fit_offset: bool = True,
-                 offset_l2: float = 1e-2, frame_stride: int = 1, warm_start: bool = True, squash: str = "none",
-                 alive_bonus: float = 0.0) -> None:
-        if not 1 <= min_snippet_length <= max_snippet_length:
-            raise ValueError(f"reward: need 1 <= min_snippet_length ({min_snippet_length}) <= "
-                             f"max_snippet_length ({max_snippet_length})")
+    def __init__(self, num_pairs: PositiveInt = 6000, min_snippet_length: PositiveInt = 50,
+                 max_snippet_length: PositiveInt = 100, ensemble_size: PositiveInt = 5,
+                 hidden_sizes: Sequence[PositiveInt] = (256, 256),
+                 activation: Literal["tanh", "relu", "leaky_relu"] = "leaky_relu", lr: Positive = 5e-5,
+                 weight_decay: NonNegative = 0.0, batch_size: PositiveInt = 1, epochs: PositiveInt = 1,
+                 val_fraction: UnitOpen = 0.1, val_checks_per_epoch: PositiveInt = 4, fit_offset: bool = True,
+                 offset_l2: Positive = 1e-2, frame_stride: PositiveInt = 1, warm_start: bool = True,
+                 squash: Literal["none", "tanh", "sigmoid"] = "none", alive_bonus: float = 0.0) -> None:
+        if not min_snippet_length <= max_snippet_length:
+            raise ValueError(f"reward.min_snippet_length ({min_snippet_length}) must be <= "
+                             f"reward.max_snippet_length ({max_snippet_length})")
         self.num_pairs, self.min_len, self.max_len = num_pairs, min_snippet_length, max_snippet_length
         self.ensemble_size, self.hidden_sizes, self.activation = ensemble_size, list(hidden_sizes), activation
         self.lr, self.weight_decay, self.batch_size, self.epochs = lr, weight_decay, batch_size, epochs
         self.val_fraction, self.val_checks = val_fraction, val_checks_per_epoch
         self.fit_offset, self.offset_l2, self.warm_start = fit_offset, offset_l2, warm_start
-        if frame_stride < 1:
-            raise ValueError(f"reward.frame_stride must be >= 1, got {frame_stride}")
         self.frame_stride = frame_stride
-        if squash not in SQUASHES:
-            raise ValueError(f"reward.squash must be one of {sorted(SQUASHES)}, got {squash!r}")
         self.squash, self.alive_bonus = squash, float(alive_bonus)
         self.net: RewardNet | None = None
+        self.shape: tuple[int, ...] = ()  # one observation's shape, and the mask over frames the nets were built for
+        self.mask: np.ndarray | None = None
         self.offset = 0.0
         self.fits = 0  # completed calls of fit
+        self.steps = 0  # training steps of all fits so far: a refit's reward/* curves continue after them
+        self.baselines: dict[str, float] = {}
 
     def fit(self, prefs: Preferences, env: Environment, run: RunContext) -> None:
         obs = [torch.as_tensor(t.obs).reshape(len(t), -1) for t in prefs.items]  # uint8 frames stay uint8
         if self.net is None or not self.warm_start:
-            self.net = reward_ensemble(self.ensemble_size, tuple(prefs.items[0].obs.shape[1:]), self.hidden_sizes,
-                                       self.activation, env.reward_input_mask)
+            self.shape, self.mask = tuple(prefs.items[0].obs.shape[1:]), env.reward_input_mask
+            self.net = self.build()
+        if self.steps:  # a refit: its curves continue after the earlier fits' steps
+            run = run.shifted(run.step_offset + self.steps)
         rng = np.random.default_rng([run.seed, self.fits])
         train_pairs, val_pairs = self.split(prefs.pairs, np.random.default_rng(run.seed))
         train_specs = np.stack([sample_snippet_pairs(prefs, self.num_pairs, self.min_len, self.max_len, rng,
@@ -271,9 +277,11 @@ class TREX(RewardModel):
         val = SnippetPairs(obs, np.repeat(val_specs[None], self.ensemble_size, 0), max_len, self.frame_stride)
         module = TREXModule(self.net, train, val, prefs.items, obs, self.lr, self.weight_decay, self.batch_size)
         steps_per_epoch = math.ceil(self.num_pairs / self.batch_size)
-        run.trainer(max_steps=steps_per_epoch * self.epochs, max_epochs=self.epochs,
-                    val_check_interval=max(1, steps_per_epoch // self.val_checks),
-                    log_every_n_steps=max(1, min(50, steps_per_epoch // 20)), num_sanity_val_steps=0).fit(module)
+        trainer = run.trainer(max_steps=steps_per_epoch * self.epochs, max_epochs=self.epochs,
+                              val_check_interval=max(1, steps_per_epoch // self.val_checks),
+                              log_every_n_steps=max(1, min(50, steps_per_epoch // 20)), num_sanity_val_steps=0)
+        run.fit(trainer, module)
+        self.steps += trainer.global_step + 1
         self.mean, self.std = standardise(self.net, torch.cat(obs))
         if self.fit_offset:
             lengths = np.array([len(t) for t in prefs.items], dtype=np.float64)
@@ -317,7 +325,22 @@ class TREX(RewardModel):
         starts = np.cumsum([0] + [len(t) for t in trajs[:-1]])
         return np.add.reduceat(r.numpy().astype(np.float64), starts, axis=1)
 
+    def build(self) -> RewardNet:
+        """Fresh nets for observations of `self.shape` (the T-REX CNN for frames, masked by `self.mask`)."""
+        return reward_ensemble(self.ensemble_size, self.shape, self.hidden_sizes, self.activation, self.mask)
+
     def state_dict(self) -> dict:
-        return {} if self.net is None else {"net": self.net.state_dict(), "mean": self.mean, "std": self.std,
-                                         "offset": self.offset, "squash": self.squash,
-                                         "alive_bonus": self.alive_bonus}
+        if self.net is None:
+            return {}
+        return {"net": self.net.state_dict(), "shape": self.shape, "mask": self.mask, "mean": self.mean,
+                "std": self.std, "offset": self.offset, "squash": self.squash, "alive_bonus": self.alive_bonus,
+                "fits": self.fits, "steps": self.steps, "baselines": self.baselines}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore a state_dict() into a model built from the same config (ensemble size, layers)."""
+        self.shape, self.mask = tuple(state["shape"]), state["mask"]
+        self.net = self.build()
+        self.net.load_state_dict(state["net"])
+        self.mean, self.std, self.offset = state["mean"], state["std"], float(state["offset"])
+        self.squash, self.alive_bonus = state["squash"], float(state["alive_bonus"])
+        self.fits, self.steps, self.baselines = int(state["fits"]), int(state["steps"]), dict(state["baselines"])

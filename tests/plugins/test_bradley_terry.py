@@ -12,7 +12,7 @@ import torch
 from core.run import RunContext
 from core.tracking import NullTracker
 from core.types import Preferences, Response, Trajectory
-from plugins.policies.lm import tiny_encoder
+from plugins.lm import tiny_encoder
 from plugins.preferences.file import read_preference_file
 from plugins.rewards.bradley_terry import (
     BradleyTerry,
@@ -94,7 +94,7 @@ def test_bradley_terry_refuses_trajectories_and_single_group_hold_outs(tmp_path:
     with pytest.raises(ValueError, match="val_fraction=0"):
         BradleyTerry(model=tiny_backbone).fit(one_ranking, None, run)
     with pytest.raises(ValueError, match="reward.pooling='max'"):
-        BradleyTerry(pooling="max")
+        BradleyTerry(pooling="max")  # type: ignore[arg-type]
 
 
 def test_control_reward_models_refuse_to_score_text() -> None:

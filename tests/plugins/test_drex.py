@@ -11,8 +11,8 @@ from core.interfaces import Policy
 from core.run import RunContext
 from core.tracking import NullTracker
 from plugins.envs.gym import GymEnv
+from plugins.noise_ranking import NoisyPolicy, noise_ranking
 from plugins.optimizers.bc import BehavioralCloning
-from plugins.preferences.noise_injection import NoisyPolicy, noise_ranking
 from plugins.rewards.drex import DREX
 
 

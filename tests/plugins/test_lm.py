@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from plugins.policies import lm
+from plugins import lm
 
 
 def test_a_name_that_no_package_ships_passes_through_to_from_pretrained() -> None:

@@ -13,7 +13,8 @@ import torch
 from core.interfaces import EnvReward
 from core.run import RunContext
 from core.tracking import NullTracker
-from plugins.envs.text import DATA, TextEnv
+from plugins.envs.text import TextEnv
+from plugins.lm import load_causal_lm
 from plugins.optimizers.lm_training import (
     IGNORE,
     SFT,
@@ -23,8 +24,8 @@ from plugins.optimizers.lm_training import (
     read_corpus,
     read_demonstrations,
 )
-from plugins.policies.lm import load_causal_lm
 from plugins.policies.text import TextPolicy
+from plugins.reviews import DATA
 
 
 def test_the_loss_predicts_each_token_from_the_ones_before_and_skips_ignored_labels() -> None:

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 from core.evaluation import rollout
+from core.pipeline import RunSettings
 from core.run import RunContext
+from core.schema import ConfigError, check_config
 from core.tracking import NullTracker, Tracker
 from core.types import Preferences, Trajectory
 from plugins.envs.gym import GymEnv
@@ -59,11 +61,12 @@ def test_disagreement_is_the_spread_of_the_members_predictions() -> None:
     assert preference_variance(split)[0] > 0.1
 
 
-def test_bad_settings_are_named() -> None:
-    with pytest.raises(ValueError, match="preference.agreement=0.4"):
-        OnlinePreferences(horizon=1000, agreement=0.4)
-    with pytest.raises(ValueError, match="preference.selection='best'"):
-        OnlinePreferences(horizon=1000, selection="best")  # type: ignore[arg-type]
+def test_bad_settings_are_named_with_what_is_allowed() -> None:
+    cfg = compose_config("preference=online", "preference.agreement=0.4", "preference.selection=best")
+    with pytest.raises(ConfigError) as err:
+        check_config(cfg, ["preference"], RunSettings)
+    assert "preference.agreement: 0.4: must be a number in (0.5, 1]" in str(err.value)
+    assert 'preference.selection: "best": must be one of "disagreement", "uniform"' in str(err.value)
 
 
 def test_config_spreads_the_rounds_over_the_policy_budget() -> None:

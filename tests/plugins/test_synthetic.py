@@ -8,12 +8,15 @@ import pytest
 
 from core.demo_files import save_demos
 from core.labels import annotator_scales, calibrate, correct_probability, majority_correct
+from core.pipeline import RunSettings
 from core.run import RunContext
+from core.schema import ConfigError, check_config
 from core.tracking import NullTracker
 from core.types import Trajectory
 from plugins.envs.gym import GymEnv
 from plugins.preferences.ranked_demos import RankedDemos
 from plugins.preferences.synthetic import SyntheticLabeler
+from tests.conftest import compose_config
 
 
 def test_majority_vote_probability_is_exact() -> None:
@@ -59,8 +62,9 @@ def test_measured_agreement_is_near_the_target(tmp_path: Path, noise: str, annot
     assert all(len(t) <= 50 for t in prefs.items)
 
 
-def test_bad_settings_are_named() -> None:
-    with pytest.raises(ValueError, match="preference.agreement"):
-        SyntheticLabeler(RankedDemos("x.npz"), agreement=0.4)
-    with pytest.raises(ValueError, match="preference.noise"):
-        SyntheticLabeler(RankedDemos("x.npz"), noise="gaussian")  # type: ignore[arg-type]
+def test_bad_settings_are_named_with_what_is_allowed() -> None:
+    cfg = compose_config("preference=synthetic", "preference.agreement=0.4", "preference.noise=gaussian")
+    with pytest.raises(ConfigError) as err:
+        check_config(cfg, ["preference"], RunSettings)
+    assert "preference.agreement: 0.4: must be a number in (0.5, 1)" in str(err.value)
+    assert 'preference.noise: "gaussian": must be one of "boltzmann", "flip"' in str(err.value)

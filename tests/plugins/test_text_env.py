@@ -11,12 +11,14 @@ import pytest
 import torch
 
 from core.evaluation import rollout
+from core.interfaces import TOKEN_PAD as PAD_OBS
 from core.interfaces import EnvReward
 from core.run import RunContext
 from core.tracking import NullTracker
-from plugins.envs.text import BUNDLED_PROMPTS, PromptFileError, TextEnv, read_prompts
-from plugins.policies.lm import load_causal_lm
-from plugins.policies.text import PAD_OBS, LoraSettings, TextPolicy
+from plugins.envs.text import PromptFileError, TextEnv, read_prompts
+from plugins.lm import load_causal_lm
+from plugins.policies.text import LoraSettings, TextPolicy
+from plugins.reviews import PROMPTS as BUNDLED_PROMPTS
 
 
 @pytest.fixture(scope="module")

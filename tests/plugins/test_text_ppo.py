@@ -17,8 +17,8 @@ from core.run import RunContext
 from core.tracking import NullTracker
 from core.types import Preferences
 from plugins.envs.text import TextEnv
+from plugins.lm import load_causal_lm
 from plugins.optimizers.text_ppo import KLController, TextPPO, shaped_rewards, token_advantages
-from plugins.policies.lm import load_causal_lm
 from plugins.policies.text import TextPolicy
 
 

@@ -1,8 +1,13 @@
-"""Gold reward for the text track's simulated labeler: VADER sentiment (Hutto & Gilbert, ICWSM 2014).
+"""The default text task, "write a positive review": its bundled data and its gold reward.
 
-VADER scores a text with a hand-made lexicon of valence (-4..4 per word) and rules for negation,
-intensifiers, "but", capitals and punctuation; its compound score maps the sum to [-1, 1]
-(x / sqrt(x^2 + 15)). It needs no model: the lexicon ships inside the vaderSentiment package.
+Data (plugins/data/): review_prompts.jsonl (80 review openings, {"prompt": str} lines),
+review_demos.jsonl (40 positive reviews, {"prompt": str, "response": str} lines, for SFT) and
+review_corpus.txt (paragraphs separated by blank lines, for pretraining).
+
+Gold reward: VADER sentiment (Hutto & Gilbert, ICWSM 2014). VADER scores a text with a hand-made
+lexicon of valence (-4..4 per word) and rules for negation, intensifiers, "but", capitals and
+punctuation; its compound score maps the sum to [-1, 1] (x / sqrt(x^2 + 15)). It needs no model: the
+lexicon ships inside the vaderSentiment package.
 Positive sentiment as the gold reward follows the mock sentiment task of Ziegler et al. 2019
 (whose gold reward is a trained sentiment classifier; VADER is rexlab's offline stand-in).
 """
@@ -11,9 +16,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import cache
+from pathlib import Path
 
 import numpy as np
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+DATA = Path(__file__).resolve().parent / "data"
+PROMPTS = DATA / "review_prompts.jsonl"
+DEMONSTRATIONS = DATA / "review_demos.jsonl"
+CORPUS = DATA / "review_corpus.txt"
 
 
 @cache

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from plugins.rewards.vader import gold_sentiment
+from plugins.reviews import gold_sentiment
 
 
 def test_vader_scores_positive_above_neutral_above_negative_in_minus_one_to_one() -> None:

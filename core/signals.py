@@ -1,0 +1,74 @@
+"""SIGTERM and SIGINT: stop a run where its work can be kept, instead of dying mid-write.
+
+While a stage's checkpointing fit runs (`deferred()`), the first signal only asks it to stop: the fit
+writes a checkpoint at the end of its current training step and then raises `Interrupted`. Anywhere
+else, or at a second signal, `Interrupted` is raised at once (the stage then restarts from its last
+checkpoint, or from its beginning, on resume). The pipeline marks the tracking run KILLED, says how to
+resume, and main.py exits with 128 + the signal's number (143 for SIGTERM, 130 for SIGINT), so a
+scheduler sees the job was stopped, not finished.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from types import FrameType
+from typing import Any
+
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class Interrupted(Exception):
+    """The run was asked to stop by a signal; `exit_code` is what the process should exit with."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        self.name = signal.Signals(signum).name
+        self.exit_code = 128 + signum
+        super().__init__(f"interrupted by {self.name}")
+
+
+_requested: int | None = None
+_deferring = 0
+
+
+def _handler(signum: int, frame: FrameType | None) -> None:
+    global _requested
+    if _requested is not None or not _deferring:  # nothing to wait for, or asked twice: stop now
+        _requested = signum
+        raise Interrupted(signum)
+    _requested = signum
+
+
+def requested() -> int | None:
+    """The signal that asked the run to stop, if one did."""
+    return _requested
+
+
+@contextmanager
+def installed() -> Iterator[None]:
+    """Handle SIGTERM and SIGINT as above for the duration of a run; the previous handlers come back after."""
+    global _requested
+    _requested = None
+    previous: dict[signal.Signals, Callable[..., Any] | int | None] = {}
+    for sig in SIGNALS:
+        with contextlib.suppress(ValueError):  # not the main thread (a launcher's worker): signals stay as they are
+            previous[sig] = signal.signal(sig, _handler)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+
+@contextmanager
+def deferred() -> Iterator[None]:
+    """Inside: a first signal only sets `requested()`; the code that entered checks it at safe points."""
+    global _deferring
+    _deferring += 1
+    try:
+        yield
+    finally:
+        _deferring -= 1
