@@ -5,7 +5,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from core.cli import quote_bool_choices
+from core.cli import add_variant_keys, quote_bool_choices
 from core.pipeline import hydra_context, run_pipeline
 from core.signals import Interrupted
 
@@ -20,5 +20,5 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    sys.argv = [sys.argv[0], *quote_bool_choices(sys.argv[1:])]
+    sys.argv = [sys.argv[0], *add_variant_keys(quote_bool_choices(sys.argv[1:]))]
     main()

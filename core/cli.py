@@ -6,7 +6,7 @@ import re
 
 from omegaconf import OmegaConf
 
-from core.variants import CONF_DIR
+from core.variants import CONF_DIR, override_keys
 
 BOOL_WORDS = {"true", "false"}
 
@@ -25,6 +25,34 @@ def quote_bool_choices(args: list[str]) -> list[str]:
                 arg = f"{match.group(1)}{match.group(2)}={quoted}"
         out.append(arg)
     return out
+
+
+def add_variant_keys(args: list[str]) -> list[str]:
+    """Hydra refuses `a.b=v` where the key exists only once a plugin's variant (core/variants.py) has swapped a
+    node in, e.g. `env=text preference=synthetic preference.rollouts.prompts=64` (the text variant puts the
+    response sampler at preference.rollouts). Such overrides become `+a.b=v`, which the variant keeps. A sweep
+    over options (`env=text,cartpole`) is left as it is."""
+    settings = [a for a in args if "=" in a and not a.startswith(("-", "+", "~", "hydra")) and override_keys([a])]
+    rest = [a for a in args if a not in settings and "=" in a and not a.startswith("-")]
+    if not settings or any("," in a.split("=", 1)[1] for a in rest):
+        return args
+    from hydra import compose, initialize_config_dir
+    from omegaconf import open_dict
+
+    from core.pipeline import finalize_config
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        try:
+            before = compose("config", overrides=rest, return_hydra_config=True)
+        except Exception:  # Hydra will say what is wrong with the command line itself
+            return args
+    choices = {k: str(v) for k, v in before.hydra.runtime.choices.items()}
+    with open_dict(before):
+        before.pop("hydra")
+    after = finalize_config(before, choices, args)
+    missing = object()
+    return [f"+{a}" if a in settings and OmegaConf.select(before, a.split("=", 1)[0], default=missing) is missing
+            and OmegaConf.select(after, a.split("=", 1)[0], default=missing) is not missing else a for a in args]
 
 
 def run_dir(resume: str | None, fresh: str) -> str:

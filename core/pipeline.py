@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import signal
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -150,7 +151,7 @@ def _locate(spec: str, tracker: Tracker, key: str) -> Path:
     """A run's output folder (or an artifact) from `spec`: a path, or runs:/<id> through the tracker."""
     if spec.startswith("runs:/"):
         return tracker.locate(spec.removeprefix("runs:/").strip("/"))
-    path = Path(spec).expanduser()
+    path = Path(spec).expanduser().resolve()
     if not path.exists():
         raise FileNotFoundError(f"{key}={spec}: no such folder or file")
     return path
@@ -309,15 +310,13 @@ def _run(cfg: DictConfig, stages: list[Stage], s: Settings, tracker: Tracker, ar
         metrics = _summary(artifacts, tracker, s, name)
         status = "FINISHED"
         return metrics
-    except SIGTERMException as stop:  # Lightning's own SIGTERM exit (raised where our checkpoint could not run)
+    except (signals.Interrupted, SIGTERMException) as err:  # (Lightning's own SIGTERM exit, from its validation loop)
         status = "KILLED"
-        raise signals.Interrupted(15) from stop
-    except signals.Interrupted as stop:
-        status = "KILLED"
+        stop = err if isinstance(err, signals.Interrupted) else signals.Interrupted(signal.SIGTERM)
         again = " ".join(o for o in overrides if not o.startswith("resume="))
         print(f"\n{name}: stopped by {stop.name} in stage '{current}'; what it finished is saved in {output_dir}. "
               f"Resume with: python main.py {again} resume={output_dir}".replace("  ", " "), flush=True)
-        raise
+        raise stop from None
     finally:
         try:
             tracker.end(status)

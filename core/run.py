@@ -172,7 +172,7 @@ class StageCheckpoint(Callback):
     def save(self, trainer: L.Trainer) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         partial = self.path.with_name(self.path.name + ".partial")
-        trainer.save_checkpoint(partial)
+        trainer.save_checkpoint(partial, weights_only=False)  # the whole training state
         os.replace(partial, self.path)  # a kill while writing leaves the previous checkpoint whole
 
     def state_dict(self) -> dict[str, Any]:

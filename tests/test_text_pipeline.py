@@ -100,3 +100,41 @@ def test_without_preferences_the_unused_control_source_is_not_checked(in_tmp: Pa
     assert choices["preference"] == "learner_checkpoints"
     metrics = run_pipeline(cfg, choices, in_tmp / "out")
     assert "eval/gold_reward_mean" in metrics
+
+
+def test_chatgpt_recipe_chains_pretraining_sft_reward_model_and_ppo_from_the_sft_model(
+        in_tmp: Path, tiny_lm_dir: str, tiny_encoder_dir: str) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from core.artifacts import read_manifest
+
+    uri = f"sqlite:///{in_tmp / 'mlflow.db'}"
+    cfg, choices = compose_with_choices("experiment=chatgpt_recipe", "budget=debug", f"env.model={tiny_lm_dir}",
+                                        f"reward.model={tiny_encoder_dir}", "progress=false", f"tracking.uri={uri}")
+    metrics = run_pipeline(cfg, choices, in_tmp / "out")
+    client = MlflowClient(uri)
+    [run] = client.search_runs([client.get_experiment_by_name("rexlab").experiment_id])
+    assert run.info.status == "FINISHED"
+    assert {"pretrain/train_loss", "pretrain/val_loss", "sft/train_loss", "sft/val_loss", "reward/val_pair_accuracy",
+            "train/kl", "eval/kl_to_ref", "eval/gold_reward_mean"} <= set(run.data.metrics)
+    ckpt = in_tmp / "out" / "checkpoints"
+    for stage in ("pretrain", "sft", "policy"):  # each a folder from_pretrained opens
+        assert AutoModelForCausalLM.from_pretrained(ckpt / stage) is not None
+    # PPO started from the SFT model and measures its KL against it, not against the base model
+    assert read_manifest(ckpt / "policy")["load"]["reference"] == str(ckpt / "sft")
+    assert read_manifest(ckpt / "sft")["load"]["reference"] == str(ckpt / "pretrain")
+    assert metrics["eval/kl_to_ref"] == run.data.metrics["eval/kl_to_ref"]
+
+
+def test_text_ppo_starts_from_an_sft_run(in_tmp: Path, tiny_lm_dir: str) -> None:
+    from core.artifacts import read_manifest
+
+    common = ["experiment=debug", "env=text", f"env.model={tiny_lm_dir}", "reward=true", "progress=false",
+              "tracking=none"]
+    cfg, choices = compose_with_choices(*common, "policy=sft")
+    run_pipeline(cfg, choices, in_tmp / "sft")
+    cfg, choices = compose_with_choices(*common, "policy=ppo", f"policy.init={in_tmp / 'sft'}")
+    metrics = run_pipeline(cfg, choices, in_tmp / "ppo")
+    assert read_manifest(in_tmp / "ppo" / "checkpoints" / "policy")["load"]["reference"] == str(
+        in_tmp / "sft" / "checkpoints" / "policy")
+    assert metrics["eval/kl_to_ref"] >= 0

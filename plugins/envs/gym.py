@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
+import pickle
 from typing import Any
 
 import gymnasium as gym
+import numpy as np
 from gymnasium.vector import AutoresetMode
 
 from core.interfaces import Environment
@@ -33,7 +36,7 @@ try:
 
     mujoco.set_mju_user_warning(_warn_once)
 except ImportError:  # MuJoCo envs unavailable; classic control still works
-    pass
+    mujoco = None
 
 
 def space_kind(space: gym.Space, role: str) -> str:
@@ -76,6 +79,25 @@ class GymEnv(Environment):
     def make_vec(self, num_envs: int) -> gym.vector.VectorEnv:
         return gym.vector.SyncVectorEnv([self._make] * num_envs, autoreset_mode=AutoresetMode.SAME_STEP)
 
+    def snapshot(self, envs: gym.vector.VectorEnv) -> bytes | None:
+        """The vector env pickled, with each MuJoCo copy's simulator state and random generator: gymnasium's
+        MuJoCo envs pickle as their constructor arguments only (EzPickle), so these ride along."""
+        sims = [_mujoco_state(sub.unwrapped) for sub in getattr(envs, "envs", [])]
+        try:
+            return pickle.dumps((envs, sims))
+        except (TypeError, pickle.PicklingError, AttributeError):
+            return None
+
+    def restore(self, snapshot: Any) -> gym.vector.VectorEnv:
+        envs, sims = pickle.loads(snapshot)
+        for sub, sim in zip(getattr(envs, "envs", []), sims, strict=False):
+            if sim is not None:
+                u = sub.unwrapped
+                state, u._np_random = sim
+                mujoco.mj_setState(u.model, u.data, state, mujoco.mjtState.mjSTATE_INTEGRATION)
+                mujoco.mj_forward(u.model, u.data)
+        return envs
+
     @property
     def observation_space(self) -> gym.Space:
         return self._obs_space
@@ -83,3 +105,13 @@ class GymEnv(Environment):
     @property
     def action_space(self) -> gym.Space:
         return self._act_space
+
+
+def _mujoco_state(env: gym.Env) -> tuple[Any, Any] | None:
+    """A MuJoCo env's full integration state and its random generator (None for other envs)."""
+    if mujoco is None or not isinstance(getattr(env, "data", None), mujoco.MjData):
+        return None
+    spec = mujoco.mjtState.mjSTATE_INTEGRATION
+    state = np.empty(mujoco.mj_stateSize(env.model, spec))  # type: ignore[attr-defined]
+    mujoco.mj_getState(env.model, env.data, state, spec)  # type: ignore[attr-defined]
+    return state, copy.deepcopy(env.np_random)
