@@ -54,6 +54,7 @@ from core.cli import quote_bool_choices  # noqa: E402
 from core.compat import CONF_DIR  # noqa: E402
 from core.interfaces import Environment, EnvReward  # noqa: E402
 from core.run import RunContext  # noqa: E402
+from core.schema import structured  # noqa: E402
 from core.tracking import NullTracker  # noqa: E402
 from plugins.optimizers.ppo import PPO, PPOHparams  # noqa: E402
 from plugins.policies.mlp import ACTIVATIONS  # noqa: E402
@@ -81,9 +82,7 @@ def compose_env(name: str, *overrides: str) -> tuple[Environment, PPOHparams]:
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         args = quote_bool_choices([f"env={name}", "reward=true", "policy=ppo", "tracking=none", *overrides])
         cfg = compose("config", overrides=args)
-    hp = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(PPOHparams), cfg.ppo))
-    assert isinstance(hp, PPOHparams)
-    return instantiate(cfg.env), hp
+    return instantiate(cfg.env), structured(PPOHparams, cfg.ppo, "ppo")
 
 
 def atari_factory(game: str) -> Callable[[], gym.Env]:

@@ -138,10 +138,10 @@ def load_reward(reward: RewardModel, folder: Path, env: Environment, target: str
 
 
 # ---------------------------------------------------------------- preferences and demonstrations
-def save_preferences(prefs: Preferences, folder: Path) -> None:
-    """preferences.pkl (whole) and the human-readable form: demos.npz for trajectories, preferences.jsonl
-    (one {"prompt", "chosen", "rejected"} line per pair) for responses."""
-    write_atomic(folder / "preferences.pkl", pickle.dumps(prefs))
+def save_preferences(prefs: Preferences, folder: Path, source_state: dict[str, Any]) -> None:
+    """preferences.pkl (whole, with the source's state_dict) and the human-readable form: demos.npz for
+    trajectories, preferences.jsonl (one {"prompt", "chosen", "rejected"} line per pair) for responses."""
+    write_atomic(folder / "preferences.pkl", pickle.dumps((prefs, source_state)))
     if prefs.demos and isinstance(prefs.demos[0], Trajectory):
         save_demos(folder / "demos.npz", prefs.demos, prefs.scores if prefs.demonstrations is None else None)
     elif prefs.items and isinstance(prefs.items[0], Response):
@@ -151,12 +151,12 @@ def save_preferences(prefs: Preferences, folder: Path) -> None:
         write_atomic(folder / "preferences.jsonl", "".join(line + "\n" for line in lines).encode())
 
 
-def load_preferences(folder: Path) -> Preferences:
-    """What save_preferences wrote (the whole object)."""
+def load_preferences(folder: Path) -> tuple[Preferences, dict[str, Any]]:
+    """What save_preferences wrote: the preferences and the source's state."""
     with open(folder / "preferences.pkl", "rb") as f:
-        prefs = pickle.load(f)
+        prefs, state = pickle.load(f)
     assert isinstance(prefs, Preferences)
-    return prefs
+    return prefs, state
 
 
 def save_evaluation(metrics: dict[str, float], folder: Path) -> None:

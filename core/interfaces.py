@@ -295,6 +295,14 @@ class PreferenceSource(ABC):
         current policy where an earlier stage of the recipe made one (text: the model whose responses
         are compared, e.g. the SFT model); None: the task's starting model."""
 
+    def state_dict(self) -> dict[str, Any]:
+        """What the source keeps between `gather` and its online callback (an online labeler's random stream
+        and calibrated noise), saved with the preferences so that a resumed run goes on with it."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: B027 (sources without state restore nothing)
+        """Restore what `state_dict` returned."""
+
     def online_callback(self, prefs: Preferences, reward: RewardModel, env: Environment,
                         run: RunContext) -> IterationCallback | None:
         """For sources with capabilities.queries_online: once `reward` has learned from `prefs`

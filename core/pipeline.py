@@ -38,7 +38,6 @@ from core.compat import (
     check_fields,
     check_nested,
     plugin_class,
-    uses_source,
 )
 from core.interfaces import Environment, Optimizer, PreferenceSource, RewardModel
 from core.plots import learning_curve
@@ -56,13 +55,13 @@ from core.stages import (
     Stage,
     check_recipe,
 )
-from core.tracking import Tracker
+from core.tracking import Tracker, flatten
 from core.variants import CONF_DIR, override_keys, preset_keys, resolve_variants
 
 log = logging.getLogger(__name__)
 GROUPS = ("env", "reward", "preference", "policy")
 STATE = "run_state.pkl"
-IGNORED_ON_RESUME = ("resume", "progress")  # keys a resumed run may change
+IGNORED_ON_RESUME = ("resume", "progress", "checkpoint")  # keys a resumed run may change
 
 
 # ---------------------------------------------------------------- the run's own settings (typed)
@@ -159,17 +158,7 @@ def _locate(spec: str, tracker: Tracker, key: str) -> Path:
 
 def _config_differences(saved: DictConfig, now: DictConfig) -> list[str]:
     def flat(c: DictConfig) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-
-        def walk(node: Any, prefix: str) -> None:
-            if isinstance(node, dict) and node:
-                for k, v in node.items():
-                    walk(v, f"{prefix}{k}.")
-            else:
-                out[prefix[:-1]] = node
-
-        walk(OmegaConf.to_container(c, resolve=True), "")
-        return {k: v for k, v in out.items() if k.split(".")[0] not in IGNORED_ON_RESUME}
+        return {k: v for k, v in flatten(c).items() if k.split(".")[0] not in IGNORED_ON_RESUME}
 
     a, b = flat(saved), flat(now)
     return [f"{k}: {a.get(k, '(unset)')} in the run, {b.get(k, '(unset)')} now" for k in sorted(set(a) | set(b))
@@ -190,8 +179,11 @@ def run_pipeline(cfg: DictConfig, choices: dict[str, str], output_dir: Path, swe
     cfg = finalize_config(cfg, choices, overrides)
     classes = {g: plugin_class(cfg[g]) for g in GROUPS if g != "env"}
     policy_init, reward_init = cfg.policy.get("init"), cfg.reward.get("init")
-    source_used = uses_source(classes) and not (reward_init and not classes["policy"].capabilities.needs_demonstrations
-                                                and not classes["preference"].capabilities.queries_online)
+    # the source runs for a reward that learns here (or that an online source refits), or for an optimizer
+    # that learns from demonstrations
+    caps = {group: cls.capabilities for group, cls in classes.items()}
+    source_used = ((caps["reward"].needs_preferences and (not reward_init or caps["preference"].queries_online))
+                   or caps["policy"].needs_demonstrations)
     used = ("env", "reward", "policy") + (("preference",) if source_used else ())
     check_config(cfg, [*used, *(f"recipe.{k}" for k in cfg.recipe)], RunSettings)
     check_fields(cfg, choices, (*used, *(f"recipe.{k}" for k in cfg.recipe)))

@@ -121,7 +121,7 @@ class Gather(Stage):
         else:
             log.info("%d responses, %d preference pairs", len(prefs.items), len(prefs.pairs))
         run.log(metrics, 0)
-        save_preferences(prefs, s.checkpoints)
+        save_preferences(prefs, s.checkpoints, self.source.state_dict())
         for shown, where in (("demos.npz", "checkpoints"), ("preferences.jsonl", "checkpoints"),
                              ("learner", "checkpoints/learner")):  # for people; preferences.pkl stays local
             if (s.checkpoints / shown).exists():
@@ -129,7 +129,8 @@ class Gather(Stage):
         a.preferences = prefs
 
     def load(self, a: Artifacts, s: Settings) -> None:
-        a.preferences = load_preferences(s.checkpoints)
+        a.preferences, state = load_preferences(s.checkpoints)
+        self.source.load_state_dict(state)
 
 
 class FitReward(Stage):

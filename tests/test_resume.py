@@ -133,3 +133,19 @@ def test_text_ppo_killed_mid_stage_resumes_to_the_same_evaluation(in_tmp: Path, 
     assert result.returncode == 0, result.stderr[-3000:]
     assert "resumed from" in result.stdout + result.stderr
     assert evaluation(in_tmp / "run") == evaluation(in_tmp / "ref")
+
+
+def test_online_preferences_resume_with_the_labels_and_refit_reward_of_the_checkpoint(in_tmp: Path) -> None:
+    """Mid-PPO with preference=online: the checkpoint holds the labels asked so far, the labeler's random
+    stream and the reward refit on them; the resumed run asks the same later rounds."""
+    args = ["experiment=debug", "preference=online", "checkpoint.every=3", "video.enabled=false", "tracking=none"]
+    reference = run_main([*args, "hydra.run.dir=ref"], in_tmp)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    proc = start([*args, "hydra.run.dir=run"], in_tmp)
+    wait_for(in_tmp / "run" / "checkpoints" / "resume" / "policy.ckpt", proc)
+    time.sleep(1.0)  # past the first query round
+    proc.kill()
+    proc.wait()
+    result = run_main([*args, "resume=run"], in_tmp)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert evaluation(in_tmp / "run") == evaluation(in_tmp / "ref")

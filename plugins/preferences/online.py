@@ -126,6 +126,7 @@ class OnlinePreferences(PreferenceSource):
                                                              label_decay_steps)
         self.scales: np.ndarray | None = None  # the annotators' noise, fixed by the first informative batch
         self.correct = self.informative = 0
+        self.rng = np.random.default_rng(0)  # the labeler's random stream, seeded by the run in `gather`
 
     # ------------------------------------------------------------ asking the labeler
     def query(self, policy: Policy, prefs: Preferences, count: int, env: Environment, run: RunContext,
@@ -179,6 +180,14 @@ class OnlinePreferences(PreferenceSource):
                    None, 0)
         return prefs
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": self.rng.bit_generator.state, "scales": self.scales, "correct": self.correct,
+                "informative": self.informative}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rng.bit_generator.state = state["rng"]
+        self.scales, self.correct, self.informative = state["scales"], state["correct"], state["informative"]
+
     def online_callback(self, prefs: Preferences, reward: RewardModel, env: Environment,
                         run: RunContext) -> IterationCallback | None:
         if not len(self.round_steps):
@@ -211,17 +220,15 @@ class QueryRounds(IterationCallback):
         return False
 
     def state_dict(self) -> dict[str, Any]:
-        source, prefs = self.source, self.prefs
+        prefs = self.prefs
         return {"next_round": self.next_round, "items": prefs.items, "pairs": prefs.pairs, "demos": prefs.demos,
-                "rng": source.rng.bit_generator.state, "scales": source.scales, "correct": source.correct,
-                "informative": source.informative, "reward": self.reward.state_dict()}
+                "source": self.source.state_dict(), "reward": self.reward.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        source, prefs = self.source, self.prefs
+        prefs = self.prefs
         self.next_round = int(state["next_round"])
         prefs.items[:], prefs.pairs = state["items"], state["pairs"]
         assert prefs.demonstrations is not None
         prefs.demonstrations[:] = state["demos"]
-        source.rng.bit_generator.state = state["rng"]
-        source.scales, source.correct, source.informative = state["scales"], state["correct"], state["informative"]
+        self.source.load_state_dict(state["source"])
         self.reward.load_state_dict(state["reward"])

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
 import lightning as L
@@ -7,13 +9,16 @@ import numpy as np
 import pytest
 import torch
 
+from core import signals
 from core.evaluation import rollout
-from core.interfaces import EnvReward
-from core.run import RunContext
+from core.interfaces import Environment, EnvReward, IterationCallback, Policy
+from core.run import Checkpointing, RunContext
 from core.tracking import NullTracker
+from plugins.envs.atari import AtariEnv
 from plugins.envs.gym import GymEnv
 from plugins.optimizers.ppo import PPO, ReturnScaler, clipped_policy_loss, gae, value_loss
 from plugins.policies.mlp import RunningMeanStd
+from tests.conftest import compose_config
 
 
 def test_gae_matches_a_hand_computation() -> None:
@@ -96,3 +101,55 @@ def test_target_kl_ends_each_iterations_updates_early(tmp_path: Path) -> None:
         PPO({**hp, "target_kl": target_kl}, 128).fit(env, EnvReward(), RunContext(0, tmp_path, tracker, progress=False))
         logged[target_kl] = len(tracker.history.get("train/approx_kl", []))  # logged by each last minibatch
     assert logged == {None: 2, 1e-12: 0}
+
+
+class StopAt(IterationCallback):
+    """Sends this process SIGTERM after `iterations` rollouts, as a scheduler would mid-stage."""
+
+    def __init__(self, iterations: int) -> None:
+        self.left = iterations
+
+    def __call__(self, policy: Policy, env_steps: int, recent_return: float) -> bool:
+        self.left -= 1
+        if self.left == 0:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return False
+
+
+def stopped_and_resumed(env: Environment, hp: dict, steps: int, stop_after: int, tmp: Path,
+                        ) -> tuple[Policy, NullTracker]:
+    """PPO stopped by SIGTERM after `stop_after` iterations (a checkpoint written), then resumed from it."""
+    file = tmp / "policy.ckpt"
+    with signals.installed(), pytest.raises(signals.Interrupted):
+        L.seed_everything(0)
+        PPO(hp, steps).fit(env, EnvReward(), RunContext(0, tmp, NullTracker(), progress=False,
+                                                        checkpoint=Checkpointing(file, every=1000)),
+                           callback=StopAt(stop_after))
+    assert file.exists()
+    tracker = NullTracker()
+    with signals.installed():
+        policy = PPO(hp, steps).fit(env, EnvReward(), RunContext(0, tmp, tracker, progress=False,
+                                                                 checkpoint=Checkpointing(file, 1000, resume=True)))
+    return policy, tracker
+
+
+def test_ppo_stopped_mid_training_resumes_to_the_same_policy(tmp_path: Path) -> None:
+    env = GymEnv("Pendulum-v1", "pendulum")
+    hp = {"num_envs": 2, "num_steps": 64, "num_minibatches": 4, "update_epochs": 2, "normalize_obs": True}
+    L.seed_everything(0)
+    whole = NullTracker()
+    reference = PPO(hp, 640).fit(env, EnvReward(), RunContext(0, tmp_path / "a", whole, progress=False))
+    resumed, tracker = stopped_and_resumed(env, hp, 640, stop_after=2, tmp=tmp_path / "b")
+    for (name, a), (_, b) in zip(reference.state_dict().items(), resumed.state_dict().items(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)  # weights and observation statistics
+    assert tracker.history["train/true_return"] == whole.history["train/true_return"]
+
+
+def test_atari_ppo_resumes_with_its_episodes_restarted(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Atari's C++ vector env cannot be saved: the resumed run restarts the episodes in progress (at most one per
+    env copy is lost), with a warning; the network, Adam and the step counters go on exactly."""
+    env = AtariEnv("Breakout")
+    hp = compose_config("env=atari", "experiment=debug").policy.hparams
+    policy, tracker = stopped_and_resumed(env, hp, 3 * 1024, stop_after=1, tmp=tmp_path)
+    assert "cannot save its episodes in progress" in caplog.text
+    assert [s for s, _ in tracker.history["train/sps"]] == [1024, 2048, 3072]
