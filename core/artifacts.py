@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,12 +37,17 @@ from core.types import Preferences, Response, Trajectory
 CONTROL_POLICY, LANGUAGE_MODEL, REWARD_MODEL = "control policy", "language model", "reward model"
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file renamed into place: a kill leaves the old file or the new."""
+def replace_atomically(path: Path, write: Callable[[Path], object]) -> None:
+    """write(a temporary path beside `path`), then rename it to `path`: a kill leaves the old file or the new."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
-    partial.write_bytes(data)
+    write(partial)
     os.replace(partial, path)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` through replace_atomically."""
+    replace_atomically(path, lambda partial: partial.write_bytes(data))
 
 
 def _manifest_path(path: Path) -> Path:

@@ -232,9 +232,11 @@ class RewardModel(ABC):
 
     def save(self, folder: Path) -> None:
         """Write the learned model into `folder` (an artifact a later stage or run loads with `load`);
-        default: state_dict() as folder/reward.pt."""
-        folder.mkdir(parents=True, exist_ok=True)
-        torch.save(self.state_dict(), folder / "reward.pt")
+        default: state_dict() as folder/reward.pt, replaced whole (an online refit overwrites it)."""
+        from core.artifacts import replace_atomically  # (artifacts builds on these interfaces)
+
+        state = self.state_dict()
+        replace_atomically(folder / "reward.pt", lambda path: torch.save(state, path))
 
     def load(self, folder: Path) -> None:
         """Restore a model `save` wrote into `folder`, in an instance built from the same config."""

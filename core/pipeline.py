@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import shlex
 import signal
 import socket
 from collections.abc import Sequence
@@ -42,7 +43,8 @@ from core.compat import (
 from core.interfaces import Environment, Optimizer, PreferenceSource, RewardModel
 from core.plots import learning_curve
 from core.run import Checkpointing, RunContext, rng_state, set_rng_state
-from core.schema import NonNegativeInt, PositiveInt, check_config
+from core.runs import process_alive
+from core.schema import NonNegativeInt, PositiveInt, check_config, interpolation_sources
 from core.stages import (
     LANGUAGE_MODEL,
     POLICY,
@@ -124,6 +126,8 @@ def finalize_config(cfg: DictConfig, choices: dict[str, str], overrides: Sequenc
     """The composed config as the run uses it: the plugins' env and budget variants applied
     (core/variants.py), below the preset's and the command line's own settings."""
     explicit = preset_keys(choices.get("experiment")) | override_keys(overrides)
+    explicit |= {key for key, source in interpolation_sources(cfg).items()  # ppo.total_timesteps=N counts for
+                 if any(source == k or source.startswith(k + ".") for k in explicit)}  # policy.total_timesteps
     return resolve_variants(cfg, choices["env"], choices.get("budget", "full"), explicit)
 
 
@@ -151,7 +155,7 @@ def _locate(spec: str, tracker: Tracker, key: str) -> Path:
     if spec.startswith("runs:/"):
         return tracker.locate(spec.removeprefix("runs:/").strip("/"))
     path = Path(spec).expanduser().resolve()
-    if not path.exists():
+    if not (path.exists() or path.with_name(path.name + ".yaml").exists()):  # (a control policy: <path>.pt/.yaml)
         raise FileNotFoundError(f"{key}={spec}: no such folder or file")
     return path
 
@@ -243,6 +247,10 @@ def run_pipeline(cfg: DictConfig, choices: dict[str, str], output_dir: Path, swe
     stages.append(Optimize(optimizer, "policy", text, uses_reward=learned, online=online,
                            reward_target=cfg.reward._target_))
     stages.append(Evaluate(text))
+    names = [stage.name for stage in stages]
+    if len(set(names)) < len(names):
+        raise IncompatibleError(f"recipe {' -> '.join(names)}: stage names must differ (they name the stages' "
+                                f"artifacts); rename the recipe.<name> that repeats one")
     check_recipe(stages, given)
     if reward_folder is not None:  # before any work: the loaded model must fit this reward option and task
         check_reward(reward_folder, env, cfg.reward._target_, f"reward.init={reward_init}")
@@ -266,13 +274,13 @@ def _run(cfg: DictConfig, stages: list[Stage], s: Settings, tracker: Tracker, ar
                "rexlab.host": socket.gethostname()} | init_tags)
     if resuming:
         state = RunState.load(s.checkpoints)
-        _report_stale(state)
-        tracker.resume(state.run_id)
+        _check_not_running(state)
+        if tracker.resume(state.run_id) == "RUNNING":
+            log.warning("the run was left RUNNING by process %d on %s, which is gone without closing it (killed, "
+                        "e.g. kill -9, out of memory, a lost machine); it continues now", state.pid, state.host)
         for tag, value in tags.items():
             if tag.startswith("rexlab."):
                 tracker.set_tag(tag, value)
-        set_rng_state(state.rng)
-        tracker.restore_history(state.history)
         state.pid, state.host = os.getpid(), socket.gethostname()
     else:
         state = RunState(tracker.start(name, cfg, sweep_dir, tags))
@@ -282,6 +290,7 @@ def _run(cfg: DictConfig, stages: list[Stage], s: Settings, tracker: Tracker, ar
     log.info("recipe: %s", " -> ".join(stage.name for stage in stages))
     status, current = "FAILED", ""
     run = RunContext(seed=int(cfg.seed), output_dir=output_dir, tracker=tracker, progress=cfg.progress)
+    restore = resuming  # the random states and history as of the last finished stage, once its artifacts are loaded
     try:
         with signals.installed():
             for k, stage in enumerate(stages):
@@ -290,6 +299,10 @@ def _run(cfg: DictConfig, stages: list[Stage], s: Settings, tracker: Tracker, ar
                     log.info("stage %d/%d: %s, finished before: loading its artifacts", k + 1, len(stages), stage.name)
                     stage.load(artifacts, s)
                     continue
+                if restore:
+                    set_rng_state(state.rng)
+                    tracker.restore_history(state.history)
+                    restore = False
                 log.info("stage %d/%d: %s (%s)", k + 1, len(stages), stage.name, stage.describe())
                 resume_file = s.checkpoints / "resume" / f"{stage.name}.ckpt"
                 stage.run(artifacts, s, RunContext(
@@ -299,15 +312,18 @@ def _run(cfg: DictConfig, stages: list[Stage], s: Settings, tracker: Tracker, ar
                 state.rng, state.history = rng_state(), {key: list(v) for key, v in tracker.history.items()}
                 state.save(s.checkpoints)
                 resume_file.unlink(missing_ok=True)
-        metrics = _summary(artifacts, tracker, s, name)
+            if restore:  # every stage had finished before
+                tracker.restore_history(state.history)
+            metrics = _summary(artifacts, tracker, s, name)
         status = "FINISHED"
         return metrics
     except (signals.Interrupted, SIGTERMException) as err:  # (Lightning's own SIGTERM exit, from its validation loop)
         status = "KILLED"
         stop = err if isinstance(err, signals.Interrupted) else signals.Interrupted(signal.SIGTERM)
-        again = " ".join(o for o in overrides if not o.startswith("resume="))
+        again = " ".join(shlex.quote(o.replace("'true'", "true").replace("'false'", "false"))  # as typed
+                         for o in overrides if not o.startswith("resume="))
         print(f"\n{name}: stopped by {stop.name} in stage '{current}'; what it finished is saved in {output_dir}. "
-              f"Resume with: python main.py {again} resume={output_dir}".replace("  ", " "), flush=True)
+              f"Resume with: python main.py {again} resume={shlex.quote(str(output_dir))}", flush=True)
         raise stop from None
     finally:
         try:
@@ -316,20 +332,15 @@ def _run(cfg: DictConfig, stages: list[Stage], s: Settings, tracker: Tracker, ar
             log.error("could not close the tracking run: %s", err)
 
 
-def _report_stale(state: RunState) -> None:
-    """Say so when the run being resumed was left RUNNING by a process that is gone (kill -9, a lost node)."""
-    if state.host != socket.gethostname():
-        log.warning("resuming a run last driven by process %d on host %s", state.pid, state.host)
+def _check_not_running(state: RunState) -> None:
+    """Refuse to resume a run another rexlab process on this host is still driving."""
+    if state.pid == os.getpid() or not process_alive(state.pid, state.host):
         return
     try:
-        os.kill(state.pid, 0)
-    except ProcessLookupError:
-        log.warning("resuming a run whose process (%d) is gone without closing it (killed, e.g. kill -9 or out of "
-                    "memory): it was left RUNNING; it continues now", state.pid)
-        return
-    except PermissionError:
-        pass
-    if state.pid != os.getpid():
+        command = Path(f"/proc/{state.pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        command = "main.py"
+    if "main.py" in command:  # (not a process that reused the number)
         raise RuntimeError(f"resume: the run is still being driven by process {state.pid} on this host; stop it "
                            f"first (kill -TERM {state.pid} checkpoints it)")
 

@@ -13,7 +13,6 @@ from that file and goes on as if it had never stopped.
 from __future__ import annotations
 
 import logging
-import os
 import random
 import warnings
 from collections.abc import Iterator
@@ -29,6 +28,7 @@ from lightning.pytorch.loggers import Logger
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from core import signals
+from core.artifacts import replace_atomically
 from core.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -142,38 +142,66 @@ class ResumableLoader(DataLoader):
 
 
 # ---------------------------------------------------------------- checkpoints of a stage's fit
-@dataclass(frozen=True)
+@dataclass
 class Checkpointing:
     """path: the stage's checkpoint file; every: training steps between checkpoints; resume: continue
-    from `path` where it exists (a resumed run)."""
+    from `path` where it exists (a resumed run); fits: how many fits used it (one may: a second one is a
+    plugin's inner fit that should have run in run.nested())."""
 
     path: Path
     every: int
     resume: bool = False
+    fits: int = 0
+
+
+def _validation_follows(trainer: L.Trainer) -> bool:
+    """Whether the fit validates right after the training step that just ended (Lightning's own test)."""
+    fetcher = trainer.fit_loop._data_fetcher
+    return bool(trainer.enable_validation and fetcher is not None
+                and trainer.fit_loop.epoch_loop._should_check_val_fx(fetcher))
+
+
+class SignalsFirst(Callback):
+    """On every fit: SIGTERM goes to core/signals.py's handler, not to Lightning's, which would end the fit (or,
+    nested in a stage's step, the stage's fit) at its next loop boundary without the checkpoint."""
+
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        signals.reclaim()
 
 
 class StageCheckpoint(Callback):
-    """Writes the fit's checkpoint every `every` training steps and when a signal asked the run to stop
-    (then raises signals.Interrupted); restores the random states and the metric history a resumed fit
-    continues from."""
+    """Writes the fit's checkpoint every `every` training steps (after that step's validation, where one
+    follows) and when a signal asked the run to stop (then raises signals.Interrupted); a resumed fit gets
+    back the random states and metric history as of its checkpoint."""
 
     def __init__(self, checkpointing: Checkpointing, tracker: Tracker) -> None:
         self.path, self.every, self.tracker = checkpointing.path, checkpointing.every, tracker
         self._restored: dict[str, Any] | None = None
+        self._pending = False
 
     def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
+        if signals.requested() is None and (trainer.fit_loop.total_batch_idx + 1) % self.every:
+            return
+        if _validation_follows(trainer):  # save with its metrics: a resumed fit does not validate this step again
+            self._pending = True
+        else:
+            self.checkpoint(trainer)
+
+    def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if self._pending and trainer.training is False and trainer.state.fn == "fit":
+            self._pending = False
+            self.checkpoint(trainer)
+
+    def checkpoint(self, trainer: L.Trainer) -> None:
+        """Save; stop if a signal asked to."""
+        self.save(trainer)
         stop = signals.requested()
-        if stop is not None or (trainer.fit_loop.total_batch_idx + 1) % self.every == 0:
-            self.save(trainer)
         if stop is not None:
             raise signals.Interrupted(stop)
 
     def save(self, trainer: L.Trainer) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        partial = self.path.with_name(self.path.name + ".partial")
-        trainer.save_checkpoint(partial, weights_only=False)  # the whole training state
-        os.replace(partial, self.path)  # a kill while writing leaves the previous checkpoint whole
+        replace_atomically(self.path, lambda partial: trainer.save_checkpoint(partial, weights_only=False))
 
     def state_dict(self) -> dict[str, Any]:
         return {"rng": rng_state(), "history": {k: list(v) for k, v in self.tracker.history.items()}}
@@ -182,6 +210,13 @@ class StageCheckpoint(Callback):
         self._restored = state_dict
 
     def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._apply_restored(trainer)
+
+    def on_fit_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._apply_restored(trainer)  # a fit resumed from its last step runs no training loop
+
+    def _apply_restored(self, trainer: L.Trainer) -> None:
+        """After the data loaders are made (their iterators draw from the random stream, as they did then)."""
         if self._restored is not None:
             set_rng_state(self._restored["rng"])
             self.tracker.restore_history(self._restored["history"])
@@ -195,8 +230,8 @@ class RunContext:
     progress: show progress bars; rename: metric namespace renames for a nested stage (the learner
     behind learner_checkpoints logs "train/*" as "learner/*"); step_offset: added to every step
     logged, so a stage run again (a reward refit while the policy trains) continues its curves;
-    checkpoint: how the stage's own fit checkpoints (None: it does not; every derived context drops it,
-    so only the fit the stage itself runs writes and reads the stage's checkpoint)."""
+    checkpoint: how the stage's own fit checkpoints (None: it does not; `nested()` and `shifted()` drop it,
+    so only one fit of a stage, its main one, writes and reads the stage's checkpoint)."""
 
     seed: int
     output_dir: Path
@@ -207,8 +242,9 @@ class RunContext:
     checkpoint: Checkpointing | None = None
 
     def scoped(self, **rename: str) -> RunContext:
-        """A nested stage's context with metric namespaces renamed, e.g. scoped(train="learner")."""
-        return replace(self, rename={**(self.rename or {}), **rename}, checkpoint=None)
+        """The same context with metric namespaces renamed, e.g. scoped(train="learner") for the learner
+        behind learner_checkpoints (whose fit is its stage's own, so it keeps the checkpoint)."""
+        return replace(self, rename={**(self.rename or {}), **rename})
 
     def shifted(self, step_offset: int) -> RunContext:
         """A nested fit's context with `step_offset` added to the steps of everything it logs."""
@@ -226,8 +262,9 @@ class RunContext:
     def trainer(self, max_steps: int, **kwargs: Any) -> L.Trainer:
         """A CPU Trainer that logs to the tracker and, for the stage's own fit, checkpoints it."""
         # About 100 redraws per fit: enough to watch, few enough for a CI log.
-        callbacks: list[Callback] = ([TQDMProgressBar(refresh_rate=max(1, max_steps // 100), leave=True)]
-                                     if self.progress else [])
+        callbacks: list[Callback] = [SignalsFirst()]
+        if self.progress:
+            callbacks.append(TQDMProgressBar(refresh_rate=max(1, max_steps // 100), leave=True))
         if self.checkpoint is not None:
             callbacks.append(StageCheckpoint(self.checkpoint, self.tracker))
         settings: dict[str, Any] = dict(
@@ -245,6 +282,16 @@ class RunContext:
         if spec is None:
             trainer.fit(module)
             return
+        spec.fits += 1
+        if spec.fits > 1:
+            raise RuntimeError(f"a second fit in one stage would share its checkpoint {spec.path}: a plugin's inner "
+                               f"fit must run in run.nested()")
         start = str(spec.path) if spec.resume and spec.path.exists() else None
         with signals.deferred():
             trainer.fit(module, ckpt_path=start, weights_only=False)  # our own file: environments, data, states
+        stop = signals.requested()
+        if stop is not None:  # asked after the last training step: keep the finished fit, then stop
+            for callback in trainer.callbacks:  # type: ignore[attr-defined]
+                if isinstance(callback, StageCheckpoint):
+                    callback.save(trainer)
+            raise signals.Interrupted(stop)

@@ -87,7 +87,7 @@ def _describe(tp: Any) -> str:
     if tp is type(None):
         return "null"
     if origin in (list, tuple, Sequence):
-        return f"a list of {_describe(args[0])}s" if args else "a list"
+        return f"a list, each {_describe(args[0])}" if args else "a list"
     if tp is bool:
         return "true or false"
     if tp is int:

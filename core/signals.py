@@ -20,8 +20,9 @@ from typing import Any
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
-class Interrupted(Exception):
-    """The run was asked to stop by a signal; `exit_code` is what the process should exit with."""
+class Interrupted(BaseException):
+    """The run was asked to stop by a signal; `exit_code` is what the process should exit with. A
+    BaseException, as KeyboardInterrupt is, so that no `except Exception` on the way swallows it."""
 
     def __init__(self, signum: int) -> None:
         self.signum = signum
@@ -32,6 +33,7 @@ class Interrupted(Exception):
 
 _requested: int | None = None
 _deferring = 0
+_installed = False
 
 
 def _handler(signum: int, frame: FrameType | None) -> None:
@@ -50,17 +52,27 @@ def requested() -> int | None:
 @contextmanager
 def installed() -> Iterator[None]:
     """Handle SIGTERM and SIGINT as above for the duration of a run; the previous handlers come back after."""
-    global _requested
+    global _requested, _installed
     _requested = None
     previous: dict[signal.Signals, Callable[..., Any] | int | None] = {}
     for sig in SIGNALS:
         with contextlib.suppress(ValueError):  # not the main thread (a launcher's worker): signals stay as they are
             previous[sig] = signal.signal(sig, _handler)
+    _installed = bool(previous)
     try:
         yield
     finally:
+        _installed = False
         for sig, handler in previous.items():
             signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+
+def reclaim() -> None:
+    """Take SIGTERM back from Lightning, whose own handler (set when a fit starts; it restores ours when
+    the fit ends) would end the fit at its next loop boundary without the checkpoint."""
+    if _installed:
+        with contextlib.suppress(ValueError):
+            signal.signal(signal.SIGTERM, _handler)
 
 
 @contextmanager

@@ -185,18 +185,22 @@ class Optimize(Stage):
                     if self.online is not None and a.preferences is not None else None)
         policy = self.optimizer.fit(s.env, a.reward, run, demonstrations=demos, callback=callback, init=a.policy)
         a.trained, a.policy = policy, save_policy(policy, s.checkpoints / self.name, s.env)
+        if callback is not None:  # the labels asked while it trained, and the reward refit on them
+            assert self.online is not None and a.preferences is not None
+            save_preferences(a.preferences, s.checkpoints / "online", self.online.state_dict())
+            save_reward(a.reward, s.checkpoints / "reward", s.env, self.reward_target)
         saved = s.checkpoints / self.name
         if saved.is_dir():  # a language model's folder
             run.tracker.log_artifact(saved, f"checkpoints/{self.name}")
         else:
             for suffix in (".pt", ".yaml"):
                 run.tracker.log_artifact(saved.parent / f"{saved.name}{suffix}", "checkpoints")
-        if callback is not None:  # the reward was refit on the way
-            save_reward(a.reward, s.checkpoints / "reward", s.env, self.reward_target)
 
     def load(self, a: Artifacts, s: Settings) -> None:
         a.trained, a.policy = None, SavedPolicy(s.checkpoints / self.name)
         if self.online is not None:
+            a.preferences, state = load_preferences(s.checkpoints / "online")
+            self.online.load_state_dict(state)
             a.reward.load(s.checkpoints / "reward")
 
 

@@ -36,9 +36,11 @@ class Tracker:
         `tags` are recorded with it (group choices, overrides). Returns the run's id, if it has one."""
         return None
 
-    def resume(self, run_id: str | None) -> None:
+    def resume(self, run_id: str | None) -> str | None:
         """Continue the run `run_id` (a resumed run): logging goes on in it, and a metric value it holds
-        already at the same step (logged again by a stage resumed from a checkpoint) is not repeated."""
+        already at the same step (logged again by a stage resumed from a checkpoint) is not repeated.
+        Returns the status the run had (RUNNING: its process never closed it), if known."""
+        return None
 
     def locate(self, run_id: str) -> Path:
         """The output folder of the run `run_id` (runs:/<id>), for policy.init, reward.init and resume."""
@@ -134,7 +136,7 @@ class MlflowTracker(Tracker):
         log.info("MLflow run %s (%s) at %s", run_name, self.run_id, self.uri)
         return self.run_id
 
-    def resume(self, run_id: str | None) -> None:
+    def resume(self, run_id: str | None) -> str | None:
         if run_id is None:
             raise ValueError("resume: the saved run has no MLflow run id (it was tracked with tracking=none)")
         run = self.client.get_run(run_id)
@@ -143,6 +145,7 @@ class MlflowTracker(Tracker):
         self.client.update_run(run_id, status="RUNNING")
         self.run_id = run_id
         log.info("MLflow run %s (%s) continues at %s", run.info.run_name, run_id, self.uri)
+        return str(run.info.status)
 
     def locate(self, run_id: str) -> Path:
         """The run's output folder (its rexlab.output_dir tag) where it exists here; else its checkpoints and

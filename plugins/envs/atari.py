@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import re
+from typing import Any
 
 import ale_py
 import gymnasium as gym
@@ -100,6 +101,10 @@ class AtariEnv(Environment):
 
     def make_vec(self, num_envs: int) -> gym.vector.VectorEnv:
         return self._vector(num_envs)
+
+    def signature(self) -> dict[str, Any]:
+        """Environment.signature() and the game: a Pong policy has Space Invaders' six actions too."""
+        return super().signature() | {"game": self.game}
 
     @property
     def observation_space(self) -> gym.Space:

@@ -285,9 +285,11 @@ class TextPolicy(LanguagePolicy, nn.Module):
         self.tokenizer.save_pretrained(path)
         if self.value_head is not None:
             torch.save(self.value_head.state_dict(), path / "value_head.pt")
-        return {"_target_": "plugins.policies.text.load_text_policy", "path": path.name,
-                "reference": self.origin if self.has_reference else None, "max_new_tokens": self.max_new_tokens,
-                "temperature": self.temperature, "batch_size": self.batch_size}
+        reference = self.origin if self.has_reference else None
+        if reference is not None and Path(reference).parent.resolve() == path.parent.resolve():
+            reference = Path(reference).name  # beside it (checkpoints/sft): kept relative, so a moved run loads
+        return {"_target_": "plugins.policies.text.load_text_policy", "path": path.name, "reference": reference,
+                "max_new_tokens": self.max_new_tokens, "temperature": self.temperature, "batch_size": self.batch_size}
 
 
 def concat_rollouts(parts: list[Rollout], pad_id: int) -> Rollout:
@@ -317,9 +319,11 @@ def build_text_policy(model: str, max_new_tokens: int, temperature: float = 1.0,
 def load_text_policy(path: str, reference: str | None, max_new_tokens: int, temperature: float = 1.0,
                      batch_size: int = 32, **spaces: Any) -> TextPolicy:
     """A policy `TextPolicy.save` wrote (its folder `path`), measured against `reference` (the model it
-    started from) where that is known; its value head too, if it had one. `spaces`: the task's spaces
-    (unused: a language model's come with its tokenizer)."""
+    started from: a name, a folder, or a folder beside `path`) where that is known; its value head too,
+    if it had one. `spaces`: the task's spaces (unused: a language model's come with its tokenizer)."""
     lm, tokenizer = load_causal_lm(path)
+    if reference is not None and (Path(path).parent / reference).is_dir():
+        reference = str(Path(path).parent / reference)
     reference_lm = load_causal_lm(reference)[0] if reference is not None else None
     head = Path(path) / "value_head.pt"
     policy = TextPolicy(lm, tokenizer, max_new_tokens, temperature, value_head=head.exists(), reference=False,

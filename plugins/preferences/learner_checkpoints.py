@@ -8,6 +8,7 @@ starts a run from one)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -36,6 +37,12 @@ class Demonstrator(IterationCallback):
         self.source, self.env, self.run, self.folder = source, env, run, folder
         self.demos: list[Trajectory] = []
         self.checkpoints = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"demos": self.demos, "checkpoints": self.checkpoints}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.demos, self.checkpoints = list(state["demos"]), int(state["checkpoints"])
 
     def __call__(self, policy: Policy, env_steps: int, recent_return: float) -> bool:
         source = self.source

@@ -32,6 +32,6 @@ class NoiseInjection(PreferenceSource):
         self.include_demonstrations = include_demonstrations
 
     def gather(self, env: Environment, run: RunContext, policy: SavedPolicy | None = None) -> Preferences:
-        demos = self.demonstrations.gather(env, run.nested()).best_first(self.num_demos)
+        demos = self.demonstrations.gather(env, run).best_first(self.num_demos)  # (its learner: the stage's fit)
         return noise_ranking(demos, env, run, self.cloner, self.noise_levels, self.rollouts_per_level,
                              self.include_demonstrations)

@@ -72,7 +72,7 @@ class SyntheticLabeler(PreferenceSource):
         return [r for k in rng.permutation(len(pairs))[:wanted] for r in pairs[k]]
 
     def gather(self, env: Environment, run: RunContext, policy: SavedPolicy | None = None) -> Preferences:
-        source = self.rollouts.gather(env, run.nested(), policy)
+        source = self.rollouts.gather(env, run, policy)  # (a learner there is the stage's one fit)
         trajs = source.demonstrations or source.items
         rng = np.random.default_rng(run.seed + 4000)
         if all(isinstance(t, Response) for t in trajs):  # text: whole responses, gold reward as the truth

@@ -334,11 +334,14 @@ class TREX(RewardModel):
             return {}
         return {"net": self.net.state_dict(), "shape": self.shape, "mask": self.mask, "mean": self.mean,
                 "std": self.std, "offset": self.offset, "squash": self.squash, "alive_bonus": self.alive_bonus,
-                "fits": self.fits, "steps": self.steps, "baselines": self.baselines}
+                "fits": self.fits, "steps": self.steps, "baselines": self.baselines,
+                "architecture": (self.ensemble_size, self.hidden_sizes, self.activation)}
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore a state_dict() into a model built from the same config (ensemble size, layers)."""
+        """Restore a state_dict(): the nets as they were built (ensemble size and layers), whatever this
+        config says, and how they score (standardisation, offset, squash, bonus)."""
         self.shape, self.mask = tuple(state["shape"]), state["mask"]
+        self.ensemble_size, self.hidden_sizes, self.activation = state["architecture"]
         self.net = self.build()
         self.net.load_state_dict(state["net"])
         self.mean, self.std, self.offset = state["mean"], state["std"], float(state["offset"])

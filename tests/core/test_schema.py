@@ -62,6 +62,8 @@ def test_variants_apply_below_presets_and_the_command_line() -> None:
     debug = compose_config("experiment=debug")
     assert debug.reward.num_pairs == 200 and "variants" not in debug.reward
     assert compose_config("experiment=debug", "reward.num_pairs=7").reward.num_pairs == 7
+    # a key the user sets counts for the keys that read it: policy.total_timesteps is ${ppo.total_timesteps}
+    assert compose_config("experiment=debug", "ppo.total_timesteps=777").policy.total_timesteps == 777
     atari = compose_config("env=atari", "experiment=debug")
     assert (atari.reward.ensemble_size, atari.reward.num_pairs, atari.reward.frame_stride) == (1, 64, 2)
     preset = compose_config("experiment=trex_atari_cpu")  # the preset's own num_pairs beats the atari variant

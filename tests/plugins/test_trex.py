@@ -1,17 +1,21 @@
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import numpy as np
 import pytest
 import torch
 
-from core.run import RunContext
+from core import signals
+from core.run import Checkpointing, RunContext
 from core.tracking import NullTracker
 from core.types import Preferences, Trajectory
 from plugins.envs.gym import GymEnv
-from plugins.rewards.trex import TREX, EnsembleMLP, fit_step_offset, ranking_loss, sample_snippet_pairs
+from plugins.rewards.trex import TREX, EnsembleMLP, TREXModule, fit_step_offset, ranking_loss, sample_snippet_pairs
 
 
 def ranked_set(n: int = 8, length: int = 60, seed: int = 0) -> Preferences:
@@ -129,3 +133,44 @@ def test_squashed_reward_is_bounded_and_keeps_the_ranking(tmp_path: Path, squash
     assert r.max() - r.min() > 0.1  # bounded, not constant
     learned = [model.learned_return(t) for t in prefs.items]
     assert np.corrcoef(learned, [t.true_return for t in prefs.items])[0, 1] > 0.8
+
+
+@pytest.mark.parametrize(("hook", "stop_at"), [("training_step", 4), ("training_step", 8),
+                                              ("on_validation_epoch_end", 8)])
+def test_trex_stopped_mid_fit_resumes_to_the_same_reward_history_and_random_state(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hook: str, stop_at: int) -> None:
+    """SIGTERM at step 4 (a validation follows: the checkpoint waits for it), at the last step, and in the
+    final validation (after the last step: the finished fit is saved, then the run stops)."""
+    env, prefs = GymEnv("Pendulum-v1", "pendulum"), ranked_set()
+    settings = {"num_pairs": 64, "ensemble_size": 2, "hidden_sizes": (16,), "batch_size": 8, "min_snippet_length": 10,
+                "max_snippet_length": 20, "val_checks_per_epoch": 4}  # 8 steps, validating every 2
+
+    def fit(run: RunContext) -> tuple[TREX, torch.Tensor]:
+        L.seed_everything(0)
+        reward = TREX(**settings)  # type: ignore[arg-type]
+        reward.fit(prefs, env, run)
+        return reward, torch.rand(3)  # the random stream after the fit
+
+    whole_history = NullTracker()
+    whole, after = fit(RunContext(0, tmp_path / "a", whole_history, progress=False))
+    original = getattr(TREXModule, hook)
+
+    def stopping(self: TREXModule, *args: Any) -> Any:
+        out = original(self, *args)
+        if self.trainer.global_step + (hook == "training_step") == stop_at:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    file = tmp_path / "b" / "reward.ckpt"
+    monkeypatch.setattr(TREXModule, hook, stopping)
+    with signals.installed(), pytest.raises(signals.Interrupted):
+        fit(RunContext(0, tmp_path / "b", NullTracker(), progress=False, checkpoint=Checkpointing(file, every=2)))
+    monkeypatch.undo()
+    history = NullTracker()
+    with signals.installed():
+        resumed, again = fit(RunContext(0, tmp_path / "b", history, progress=False,
+                                        checkpoint=Checkpointing(file, every=2, resume=True)))
+    obs = np.concatenate([t.obs for t in prefs.items])
+    np.testing.assert_array_equal(resumed.reward(obs), whole.reward(obs))
+    assert dict(history.history) == dict(whole_history.history)  # the validation at the stopping step included
+    torch.testing.assert_close(again, after, rtol=0, atol=0)
