@@ -314,6 +314,8 @@ def _run(cfg: DictConfig, stages: list[Stage], s: Settings, tracker: Tracker, ar
                 resume_file.unlink(missing_ok=True)
             if restore:  # every stage had finished before
                 tracker.restore_history(state.history)
+            if (s.checkpoints / "resume").is_dir() and not any((s.checkpoints / "resume").iterdir()):
+                (s.checkpoints / "resume").rmdir()
             metrics = _summary(artifacts, tracker, s, name)
         status = "FINISHED"
         return metrics
