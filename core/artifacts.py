@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
@@ -96,7 +97,8 @@ def load_policy(saved: SavedPolicy, env: Environment) -> Policy:
     _check_fits(manifest, env, str(saved.path))
     node = dict(manifest["load"])
     node["path"] = str(saved.path.parent / node["path"])
-    return instantiate(node, observation_space=env.observation_space, action_space=env.action_space)
+    with torch.random.fork_rng():  # building the network draws initial weights: the run's random stream stays as it was
+        return instantiate(node, observation_space=env.observation_space, action_space=env.action_space)
 
 
 def find_policy(location: Path, stage: str = "policy") -> SavedPolicy:

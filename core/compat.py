@@ -9,6 +9,7 @@ from typing import Any
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
+from core.errors import NamedError
 from core.interfaces import Capabilities, Environment
 from core.variants import CONF_DIR, VARIANTS, preset_keys
 
@@ -16,7 +17,7 @@ CORE_KEYS = {"init"}
 """Keys core reads from a group's node, never passed to the plugin (`policy.init`, `reward.init`)."""
 
 
-class IncompatibleError(ValueError):
+class IncompatibleError(NamedError, ValueError):
     """The chosen plugins cannot work together; the message names them and what would work."""
 
 
@@ -52,22 +53,30 @@ def _alternatives(group: str, env: Environment, env_option: str) -> str:
     return f"{group}={','.join(ok)}" if ok else f"no {group} option yet"
 
 
-def uses_source(classes: dict[str, Any]) -> bool:
-    """Whether a run with these plugin classes (group -> class) gathers preferences or demonstrations:
-    its reward learns from preferences or its optimizer from demonstrations."""
-    return bool(classes["reward"].capabilities.needs_preferences or classes["policy"].capabilities.needs_demonstrations)
+def used_groups(classes: dict[str, Any], reward_loaded: bool = False) -> tuple[str, ...]:
+    """The config groups a run with these plugin classes (group -> class) uses: env and policy always; the
+    reward where the optimizer uses one (PPO; not BC, SFT or pretraining); the preference source where that
+    reward learns in this run (not loaded with reward.init, unless an online source refits it) or the
+    optimizer learns from demonstrations."""
+    caps = {group: cls.capabilities for group, cls in classes.items()}
+    reward = caps["policy"].uses_reward
+    learns = (reward and caps["reward"].needs_preferences
+              and (not reward_loaded or caps["preference"].queries_online))
+    source = learns or caps["policy"].needs_demonstrations
+    return ("env", "policy") + (("reward",) if reward else ()) + (("preference",) if source else ())
 
 
 def check_compatible(env: Environment, choices: dict[str, str], classes: dict[str, Any],
-                     source_used: bool | None = None) -> None:
+                     used: tuple[str, ...] | None = None) -> None:
     """choices: group -> option name (env, reward, preference, policy); classes: group -> plugin class;
-    source_used: whether the preference source runs (None: uses_source(classes)).
+    used: the groups the run uses (None: used_groups(classes)).
 
     Raises IncompatibleError naming the parts and the options that would work.
     """
     where = f"env={choices['env']} (observations '{env.observation_kind}', actions '{env.action_kind}')"
-    source_used = uses_source(classes) if source_used is None else source_used
-    groups = ["policy", "reward"] + (["preference"] if source_used else [])
+    used = used_groups(classes) if used is None else used
+    source_used = "preference" in used
+    groups = [g for g in ("policy", "reward", "preference") if g in used]
     for group in groups:
         caps: Capabilities = classes[group].capabilities
         if not _fits_env(caps, env):
@@ -79,7 +88,7 @@ def check_compatible(env: Environment, choices: dict[str, str], classes: dict[st
     source_caps: Capabilities = classes["preference"].capabilities
     if source_used and source_caps.queries_online:
         _check_online(choices, classes)
-    for group in ("policy", "reward"):
+    for group in (g for g in ("policy", "reward") if g in used):
         if classes[group].capabilities.needs_demonstrations and not source_caps.provides_demonstrations:
             good = [n for n, c in options_of("preference").items() if c.capabilities.provides_demonstrations]
             raise IncompatibleError(

@@ -18,10 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
+from core.errors import NamedError
 from core.types import Trajectory
 
 
-class DemoFileError(ValueError):
+class DemoFileError(NamedError, ValueError):
     """A demonstrations file that cannot be used; the message names the file and the field."""
 
 
@@ -59,10 +60,20 @@ def load_demos(path: str | Path) -> tuple[list[Trajectory], np.ndarray]:
             raise DemoFileError(f"demonstrations file {path}: missing array '{key}' (has {sorted(arrays)})")
         return arrays[key]
 
-    obs, lengths = need("obs"), need("lengths").astype(np.int64)
-    if lengths.ndim != 1 or len(lengths) < 2:
-        raise DemoFileError(f"demonstrations file {path}: 'lengths' must list at least 2 trajectories to rank, "
-                            f"got shape {lengths.shape}")
+    for key, values in arrays.items():
+        if values.ndim == 0 or values.dtype.kind not in "biuf":
+            raise DemoFileError(f"demonstrations file {path}: array '{key}' must hold numbers, one row per step or "
+                                f"trajectory; got {'a scalar' if values.ndim == 0 else values.dtype}")
+    for key, values in arrays.items():  # a nan trains a nan reward, or ranks by file order
+        if values.dtype.kind == "f" and not np.isfinite(values).all():
+            first = tuple(int(i) for i in np.argwhere(~np.isfinite(values))[0])
+            raise DemoFileError(f"demonstrations file {path}: array '{key}' holds a non-finite value "
+                                f"({values[first]}) at index {first if len(first) > 1 else first[0]}")
+    obs, raw_lengths = need("obs"), need("lengths")
+    if raw_lengths.ndim != 1 or len(raw_lengths) < 2 or not np.array_equal(raw_lengths, np.round(raw_lengths)):
+        raise DemoFileError(f"demonstrations file {path}: 'lengths' must list at least 2 trajectories (their whole "
+                            f"numbers of steps), got {raw_lengths[:5]} (shape {raw_lengths.shape})")
+    lengths = raw_lengths.astype(np.int64)
     total = int(lengths.sum())
     if (lengths <= 0).any() or total != len(obs):
         raise DemoFileError(f"demonstrations file {path}: 'lengths' must be positive and sum to len(obs) "

@@ -39,6 +39,8 @@ class Capabilities:
     refits: a RewardModel whose `fit` may be called again with more preferences, continuing from
         what it has learned.
     calls_back: an Optimizer that calls its `callback` with the current policy after each rollout.
+    uses_reward: an Optimizer that optimises a reward (PPO); behavioral cloning and supervised language-model
+        training do not, so a run with them learns no reward and gathers preferences only for demonstrations.
     requires: (config key, flag, config group) triples: the plugin nested under that key of this one's
         config must have that flag set, as the group's options that have it do (e.g. a checkpointing
         source's ("learner", "calls_back", "policy")); checked, with the nested plugins' observations
@@ -54,6 +56,7 @@ class Capabilities:
     queries_online: bool = False
     refits: bool = False
     calls_back: bool = False
+    uses_reward: bool = True
     requires: tuple[tuple[str, str, str], ...] = ()
     notes: tuple[str, ...] = field(default_factory=tuple)
 

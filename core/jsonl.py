@@ -3,18 +3,51 @@
 The text track reads three kinds of JSONL (prompts, demonstrations, preferences). Each kind only says
 how one parsed line becomes a record (`parse`, raising RecordError for the field at fault); this
 module does the rest the same way for all of them: missing file, non-UTF-8 bytes, a byte-order mark,
-blank lines, invalid JSON, the list of every malformed line (the first 20 shown), and a minimum count.
+blank lines, invalid JSON, lines longer than `data.max_line_bytes` (refused before they are parsed, and
+never held in memory whole: the file is read in chunks), the list of every malformed line (the first 20
+shown), and a minimum count.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 SHOWN_ERRORS = 20  # malformed lines listed in the message (all are counted)
+MAX_LINE_BYTES = 1_000_000
+"""The longest line read (data.max_line_bytes; the pipeline sets it from the config with set_max_line_bytes)."""
+LINE_END = re.compile(rb"\r\n?|\n")
+
+
+def set_max_line_bytes(limit: int) -> None:
+    global MAX_LINE_BYTES
+    MAX_LINE_BYTES = int(limit)
+
+
+def lines(path: Path, limit: int, chunk_size: int = 1 << 20) -> Iterator[bytes | None]:
+    """Each line of the file without its end (\n, \r\n or \r); None in place of a line longer than `limit`
+    bytes, which is skipped without being held in memory (the file is read `chunk_size` bytes at a time)."""
+    line, over, after_cr = bytearray(), False, False
+    with open(path, "rb") as f:
+        while chunk := f.read(chunk_size):
+            if after_cr and chunk.startswith(b"\n"):  # the \n of a \r\n cut between two chunks
+                chunk = chunk[1:]
+            after_cr, start = chunk.endswith(b"\r"), 0
+            for end in LINE_END.finditer(chunk):
+                if not over:
+                    line += chunk[start:end.start()]
+                yield None if over or len(line) > limit else bytes(line)
+                line, over, start = bytearray(), False, end.end()
+            if not over:
+                line += chunk[start:]
+                if len(line) > limit:
+                    line, over = bytearray(), True
+    if line or over:
+        yield None if over else bytes(line)
 
 
 class RecordError(Exception):
@@ -40,7 +73,10 @@ def read_jsonl(path: str | Path, key: str, parse: Callable[[Any, int], T], error
         raise error(f"{key} {path}: no such file")
     records: list[T] = []
     errors: list[str] = []
-    for number, raw in enumerate(path.read_bytes().splitlines(), start=1):  # \n, \r\n or \r ends a line
+    for number, raw in enumerate(lines(path, MAX_LINE_BYTES), start=1):
+        if raw is None:
+            errors.append(f"{path}:{number}: longer than data.max_line_bytes={MAX_LINE_BYTES} bytes (not read)")
+            continue
         try:
             text = raw.decode("utf-8").lstrip("\ufeff" if number == 1 else "")
         except UnicodeDecodeError as err:

@@ -11,6 +11,7 @@ SIGTERM/SIGINT (core/signals.py), after which the way to resume is printed.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
@@ -25,6 +26,7 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -39,8 +41,11 @@ from core.compat import (
     check_fields,
     check_nested,
     plugin_class,
+    used_groups,
 )
-from core.interfaces import Environment, Optimizer, PreferenceSource, RewardModel
+from core.errors import NamedError
+from core.interfaces import Environment, EnvReward, Optimizer, PreferenceSource, RewardModel
+from core.jsonl import set_max_line_bytes
 from core.plots import learning_curve
 from core.run import Checkpointing, RunContext, rng_state, set_rng_state
 from core.runs import process_alive
@@ -62,6 +67,9 @@ from core.variants import CONF_DIR, override_keys, preset_keys, resolve_variants
 
 log = logging.getLogger(__name__)
 GROUPS = ("env", "reward", "preference", "policy")
+FILE_KEYS = {"path", "init", "prompts"}
+FAULT_KEYS = {"lr", "learning_rate"} | FILE_KEYS
+"""Config fields named when a stage's numbers go non-finite: learning rates and input files."""
 STATE = "run_state.pkl"
 IGNORED_ON_RESUME = ("resume", "progress", "checkpoint")  # keys a resumed run may change
 
@@ -87,6 +95,11 @@ class CheckpointSettings:
 
 
 @dataclass
+class DataSettings:
+    max_line_bytes: PositiveInt = 1_000_000
+
+
+@dataclass
 class RunSettings:
     """The top-level keys of conf/config.yaml that are not plugins; documented there."""
 
@@ -96,6 +109,7 @@ class RunSettings:
     evaluation: EvaluationSettings = field(default_factory=EvaluationSettings)
     video: VideoSettings = field(default_factory=VideoSettings)
     checkpoint: CheckpointSettings = field(default_factory=CheckpointSettings)
+    data: DataSettings = field(default_factory=DataSettings)
     recipe: dict = field(default_factory=dict)
 
 
@@ -131,6 +145,20 @@ def finalize_config(cfg: DictConfig, choices: dict[str, str], overrides: Sequenc
     return resolve_variants(cfg, choices["env"], choices.get("budget", "full"), explicit)
 
 
+def build(node: DictConfig) -> Any:
+    """instantiate(node), with a named error a plugin raised (a bad combination of its fields) passed on as
+    it is, not inside Hydra's InstantiationException."""
+    try:
+        return instantiate(node)
+    except InstantiationException as err:
+        cause = err.__cause__
+        while isinstance(cause, InstantiationException):  # (a plugin nested in another: wrapped twice)
+            cause = cause.__cause__
+        if isinstance(cause, NamedError):
+            raise cause from None
+        raise
+
+
 def plugin_node(cfg: DictConfig, key: str) -> DictConfig:
     """A plugin's node without the keys core reads itself (`init`), as instantiate gets it."""
     node = OmegaConf.select(cfg, key)
@@ -140,6 +168,28 @@ def plugin_node(cfg: DictConfig, key: str) -> DictConfig:
         for k in CORE_KEYS:
             out.pop(k, None)
     return out
+
+
+def _suspects(cfg: DictConfig, own: Sequence[str], inputs: Sequence[str]) -> tuple[str, ...]:
+    """`key=value` of the learning rates and input files under the stage's own config nodes `own`, and of the
+    input files under `inputs` (the nodes whose data it takes), named as a user sets them (`ppo.learning_rate`,
+    not `policy.hparams.learning_rate`)."""
+    hints, out = interpolation_sources(cfg), []
+
+    def walk(node: Any, prefix: str, keys: set[str]) -> None:
+        for k, v in node.items():
+            key = f"{prefix}.{k}"
+            if isinstance(v, dict):
+                walk(v, key, keys)
+            elif k in keys and v is not None:
+                out.append(f"{hints.get(key, key)}={v}")
+
+    for roots, keys in ((own, FAULT_KEYS), (inputs, FILE_KEYS)):
+        for root in roots:
+            node = OmegaConf.select(cfg, root)
+            if isinstance(node, DictConfig):
+                walk(OmegaConf.to_container(node, resolve=True), root, keys)
+    return tuple(dict.fromkeys(out))
 
 
 def _check_preset(choices: dict[str, str]) -> None:
@@ -185,13 +235,11 @@ def run_pipeline(cfg: DictConfig, choices: dict[str, str], output_dir: Path, swe
     policy_init, reward_init = cfg.policy.get("init"), cfg.reward.get("init")
     # the source runs for a reward that learns here (or that an online source refits), or for an optimizer
     # that learns from demonstrations
-    caps = {group: cls.capabilities for group, cls in classes.items()}
-    source_used = ((caps["reward"].needs_preferences and (not reward_init or caps["preference"].queries_online))
-                   or caps["policy"].needs_demonstrations)
-    used = ("env", "reward", "policy") + (("preference",) if source_used else ())
+    used = used_groups(classes, reward_loaded=bool(reward_init))
+    source_used, reward_used = "preference" in used, "reward" in used
     check_config(cfg, [*used, *(f"recipe.{k}" for k in cfg.recipe)], RunSettings)
     check_fields(cfg, choices, (*used, *(f"recipe.{k}" for k in cfg.recipe)))
-    tracker: Tracker = instantiate(cfg.tracking)
+    tracker: Tracker = build(cfg.tracking)
 
     resuming = cfg.get("resume") is not None
     if resuming:
@@ -205,11 +253,12 @@ def run_pipeline(cfg: DictConfig, choices: dict[str, str], output_dir: Path, swe
                                     f"cannot continue it; use the run's overrides. Differences:\n  "
                                     + "\n  ".join(differences))
 
+    set_max_line_bytes(cfg.data.max_line_bytes)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     torch.use_deterministic_algorithms(True)
-    env: Environment = instantiate(cfg.env)
+    env: Environment = build(cfg.env)
     text = env.observation_kind == "text"
-    check_compatible(env, choices, classes, source_used)
+    check_compatible(env, choices, classes, used)
     check_nested(cfg, env, choices, (*used[1:], *(f"recipe.{k}" for k in cfg.recipe)))
 
     init_tags: dict[str, str] = {}
@@ -221,24 +270,24 @@ def run_pipeline(cfg: DictConfig, choices: dict[str, str], output_dir: Path, swe
         init_tags["init.policy"] = f"{policy_init} ({start_policy.path})"
         given.add(LANGUAGE_MODEL if text else POLICY)
     reward_folder = None
-    if reward_init:
+    if reward_init and reward_used:
         if classes["reward"].uses_env_reward:
             raise IncompatibleError(f"reward.init={reward_init}: reward={choices['reward']} learns nothing to load")
         reward_folder = find_reward(_locate(str(reward_init), tracker, "reward.init"))
         init_tags["init.reward"] = f"{reward_init} ({reward_folder})"
 
-    reward: RewardModel = instantiate(plugin_node(cfg, "reward"))
-    optimizer: Optimizer = instantiate(plugin_node(cfg, "policy"))
-    source: PreferenceSource | None = instantiate(cfg.preference) if source_used else None
+    reward: RewardModel = build(plugin_node(cfg, "reward")) if reward_used else EnvReward()
+    optimizer: Optimizer = build(plugin_node(cfg, "policy"))
+    source: PreferenceSource | None = build(cfg.preference) if source_used else None
     stages: list[Stage] = []
     if not policy_init:  # the recipe's own stages make the model the policy starts from
         for name in cfg.recipe:
-            part = instantiate(cfg.recipe[name])
+            part = build(cfg.recipe[name])
             if not isinstance(part, Optimizer):
                 raise IncompatibleError(f"recipe.{name} builds a {type(part).__name__}; a recipe stage is an "
                                         f"optimizer (conf/policy/*.yaml), e.g. `- /policy/sft@recipe.sft`")
             stages.append(Optimize(part, str(name), text, uses_reward=False))
-    learned = classes["reward"].capabilities.needs_preferences
+    learned = reward_used and classes["reward"].capabilities.needs_preferences
     if source is not None:
         stages.append(Gather(source))
     if learned:
@@ -255,11 +304,15 @@ def run_pipeline(cfg: DictConfig, choices: dict[str, str], output_dir: Path, swe
     if reward_folder is not None:  # before any work: the loaded model must fit this reward option and task
         check_reward(reward_folder, env, cfg.reward._target_, f"reward.init={reward_init}")
 
-    name = "-".join(f"{choices[g]}" for g in GROUPS if g != "preference" or source_used) + f"-s{cfg.seed}"
+    name = "-".join(f"{choices[g]}" for g in GROUPS if g in used) + f"-s{cfg.seed}"
     if job is not None:
         name += f"-job{job}"
     settings = Settings(env, output_dir / "checkpoints", cfg.evaluation.episodes, cfg.evaluation.deterministic,
                         cfg.evaluation.get("max_steps"), cfg.video.enabled, cfg.video.max_steps, cfg.video.fps, name)
+    roots = {"preferences": ("preference",), "reward": ("reward",), "policy": ("policy",), "evaluation": ()}
+    inputs = {"reward": ("preference", "env"), "policy": ("reward", "env")}
+    settings.suspects = {stage.name: _suspects(cfg, roots.get(stage.name, (f"recipe.{stage.name}",)),
+                                               inputs.get(stage.name, ("env",))) for stage in stages}
     return _run(cfg, stages, settings, tracker, Artifacts(reward=reward, policy=start_policy), choices, name,
                 sweep_dir, overrides, init_tags, resuming)
 
@@ -307,7 +360,8 @@ def _run(cfg: DictConfig, stages: list[Stage], s: Settings, tracker: Tracker, ar
                 resume_file = s.checkpoints / "resume" / f"{stage.name}.ckpt"
                 stage.run(artifacts, s, RunContext(
                     seed=run.seed, output_dir=output_dir, tracker=tracker, progress=run.progress,
-                    checkpoint=Checkpointing(resume_file, int(cfg.checkpoint.every), resume=resuming)))
+                    checkpoint=Checkpointing(resume_file, int(cfg.checkpoint.every), resume=resuming),
+                    stage=stage.name, suspects=s.suspects.get(stage.name, ()), name=name))
                 state.finished.append(stage.name)
                 state.rng, state.history = rng_state(), {key: list(v) for key, v in tracker.history.items()}
                 state.save(s.checkpoints)
@@ -327,6 +381,11 @@ def _run(cfg: DictConfig, stages: list[Stage], s: Settings, tracker: Tracker, ar
         print(f"\n{name}: stopped by {stop.name} in stage '{current}'; what it finished is saved in {output_dir}. "
               f"Resume with: python main.py {again} resume={shlex.quote(str(output_dir))}", flush=True)
         raise stop from None
+    except Exception as err:
+        with contextlib.suppress(Exception):  # the tracker may be what failed
+            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            tracker.set_tag("error", f"{type(err).__name__} in stage '{current}': {first}"[:5000])
+        raise
     finally:
         try:
             tracker.end(status)
@@ -362,8 +421,7 @@ def _summary(a: Artifacts, tracker: Tracker, s: Settings, name: str) -> dict[str
                    metrics.get("eval/true_return_mean"), name)
     tracker.log_artifact(out / "plots", "plots")
     summary = "  ".join(f"{k}={v:.3g}" for k, v in metrics.items())
-    log.info("done: %s", summary)
-    print(f"\n{name}: {summary}\noutputs: {out}")
+    log.info("%s done: %s\noutputs: %s", name, summary, out)
     return metrics
 
 

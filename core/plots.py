@@ -36,7 +36,8 @@ def reward_extrapolation(path: Path, demo_true: np.ndarray, demo_learned: np.nda
     ax.axvline(np.max(demo_true), color="tab:blue", ls="--", lw=1, label="best demonstration")
     r = pearson(np.concatenate([demo_true, policy_true]), np.concatenate([demo_learned, policy_learned]))
     ax.set(xlabel="true return", ylabel="learned return (standardised reward, summed)",
-           title=f"{title}\nreward extrapolation, Pearson r = {r:.3f}")
+           title=f"{title}\nreward extrapolation, Pearson r = {r:.3f} over demonstrations and final-policy rollouts "
+                 f"(eval/return_correlation)")
     _finish(fig, ax, path, legend_loc="best")
 
 
@@ -45,11 +46,12 @@ def learning_curve(path: Path, history: dict[str, list[tuple[int, float]]], best
     """True return during policy optimisation (and the learned return, right axis), with the
     learner that made the demonstrations, the best demonstration and the final evaluation."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for key, label, color in (("train/true_return", "policy: true return", "tab:orange"),
-                              ("learner/true_return", "demonstrator's learner: true return", "tab:gray")):
-        if history.get(key):
+    for key, label, color, dashes in (("learner/true_return", "demonstrator's learner: true return", "tab:gray", "--"),
+                                      ("train/true_return", "policy: true return", "tab:orange", "-")):
+        if history.get(key):  # (both on their own env steps; the learner ran first): the learner dashed, on top
             steps, values = zip(*history[key], strict=True)
-            ax.plot(steps, values, label=label, color=color)
+            ax.plot(steps, values, label=label, color=color, ls=dashes, lw=1.5 if dashes == "--" else 2,
+                    zorder=3 if dashes == "--" else 2)
     if best_demo is not None:
         ax.axhline(best_demo, color="tab:blue", ls="--", lw=1, label="best demonstration")
     if eval_return is not None and history.get("train/true_return"):

@@ -13,7 +13,9 @@ from that file and goes on as if it had never stopped.
 from __future__ import annotations
 
 import logging
+import math
 import random
+import sys
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -24,11 +26,13 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, TQDMProgressBar
+from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm, convert_inf
 from lightning.pytorch.loggers import Logger
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from core import signals
 from core.artifacts import replace_atomically
+from core.errors import NonFiniteError
 from core.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -39,6 +43,8 @@ for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.acceler
 warnings.filterwarnings("ignore", message=".*does not have many workers.*")
 warnings.filterwarnings("ignore", message=".*`training_step` returned `None`.*")  # PPO's target_kl skip
 warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
+# A frozen reference model or a pretrained backbone in eval mode inside a training module is rexlab's intent.
+warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode at the start of training.*")
 
 
 class TrackerLogger(Logger):
@@ -161,6 +167,67 @@ def _validation_follows(trainer: L.Trainer) -> bool:
                 and trainer.fit_loop.epoch_loop._should_check_val_fx(fetcher))
 
 
+class FiniteGuard(Callback):
+    """Stops a fit at the first non-finite training loss, logged metric or gradient norm, with the stage,
+    step and quantity named and the config keys most likely at fault (RunContext.non_finite). It runs
+    before StageCheckpoint, so the bad state is never checkpointed."""
+
+    def __init__(self, run: RunContext) -> None:
+        self.run = run
+
+    def _check(self, trainer: L.Trainer, values: dict[str, Any]) -> None:
+        for name, value in values.items():
+            if isinstance(value, torch.Tensor) and value.numel() == 1:
+                value = value.detach().item()
+            if isinstance(value, float) and not math.isfinite(value):
+                self.run.non_finite(f"{name} ({value})", trainer.fit_loop.total_batch_idx + 1)
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        self._check(trainer, {"the training loss": loss, **dict(trainer.callback_metrics)})
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, module: L.LightningModule,
+                                 optimizer: torch.optim.Optimizer) -> None:
+        grads = [p.grad.detach().norm() for group in optimizer.param_groups for p in group["params"]
+                 if p.grad is not None]
+        if grads:
+            self._check(trainer, {"the gradient norm": torch.linalg.vector_norm(torch.stack(grads))})
+
+    def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if trainer.state.fn == "fit":
+            self._check(trainer, dict(trainer.callback_metrics))
+
+
+class StageProgressBar(TQDMProgressBar):
+    """Lightning's bar, labelled with the stage and what one of its steps is ("reward: batches of 1 snippet
+    pair", not "Epoch 0"), without Lightning's version number."""
+
+    def __init__(self, label: str, refresh_rate: int) -> None:
+        super().__init__(refresh_rate=refresh_rate, leave=True)
+        self.label = label
+
+    def init_train_tqdm(self) -> Tqdm:
+        return Tqdm(desc=self.label, position=2 * self.process_position, disable=self.is_disabled, leave=True,
+                    dynamic_ncols=True, file=sys.stdout, smoothing=0, bar_format=self.BAR_FORMAT)
+
+    def init_validation_tqdm(self) -> Tqdm:
+        """No bar for the short validations inside a fit (their metrics go to the training bar)."""
+        return Tqdm(disable=True)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        """Lightning's, with the stage's label instead of "Epoch 0"."""
+        self.train_progress_bar = self.init_train_tqdm()
+        self.train_progress_bar.total = convert_inf(self.total_train_batches)
+        if trainer.max_epochs and trainer.max_epochs > 1:
+            self.train_progress_bar.set_description(f"{self.label}, epoch {trainer.current_epoch + 1}")
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+        metrics = super().get_metrics(trainer, pl_module)
+        metrics.pop("v_num", None)
+        return metrics
+
+
 class SignalsFirst(Callback):
     """On every fit: SIGTERM goes to core/signals.py's handler, not to Lightning's, which would end the fit (or,
     nested in a stage's step, the stage's fit) at its next loop boundary without the checkpoint."""
@@ -231,7 +298,9 @@ class RunContext:
     behind learner_checkpoints logs "train/*" as "learner/*"); step_offset: added to every step
     logged, so a stage run again (a reward refit while the policy trains) continues its curves;
     checkpoint: how the stage's own fit checkpoints (None: it does not; `nested()` and `shifted()` drop it,
-    so only one fit of a stage, its main one, writes and reads the stage's checkpoint)."""
+    so only one fit of a stage, its main one, writes and reads the stage's checkpoint). stage: the stage's
+    name; suspects: `key=value` of its config keys most likely at fault when its numbers go non-finite
+    (learning rates, input files); name: the run's name (for plot titles)."""
 
     seed: int
     output_dir: Path
@@ -240,6 +309,9 @@ class RunContext:
     rename: dict[str, str] | None = None
     step_offset: int = 0
     checkpoint: Checkpointing | None = None
+    stage: str = ""
+    suspects: tuple[str, ...] = ()
+    name: str = ""
 
     def scoped(self, **rename: str) -> RunContext:
         """The same context with metric namespaces renamed, e.g. scoped(train="learner") for the learner
@@ -254,17 +326,25 @@ class RunContext:
         """The context for a fit inside the stage's own work (it does not checkpoint the stage)."""
         return replace(self, checkpoint=None)
 
+    def non_finite(self, quantity: str, step: int) -> None:
+        """Stop the stage: `quantity` (e.g. "the PPO loss (nan)") went non-finite at `step`."""
+        keys = f" The config keys most likely at fault: {', '.join(self.suspects)}." if self.suspects else ""
+        where = f"stage '{self.stage}'" if self.stage else "training"
+        raise NonFiniteError(f"{where}: {quantity} at training step {step}, so the stage stops; its model is not "
+                             f"saved and its last good checkpoint (if any) is kept.{keys}")
+
     def log(self, metrics: dict[str, float], step: int) -> None:
         """Log metrics with this context's namespace renames applied."""
         self.tracker.log_metrics({rename_metric(k, self.rename or {}): v for k, v in metrics.items()},
                                  step + self.step_offset)
 
-    def trainer(self, max_steps: int, **kwargs: Any) -> L.Trainer:
-        """A CPU Trainer that logs to the tracker and, for the stage's own fit, checkpoints it."""
-        # About 100 redraws per fit: enough to watch, few enough for a CI log.
-        callbacks: list[Callback] = [SignalsFirst()]
-        if self.progress:
-            callbacks.append(TQDMProgressBar(refresh_rate=max(1, max_steps // 100), leave=True))
+    def trainer(self, max_steps: int, unit: str = "training steps", **kwargs: Any) -> L.Trainer:
+        """A CPU Trainer that logs to the tracker and, for the stage's own fit, checkpoints it. unit: what one
+        of its steps is, for the progress bar (e.g. "PPO iterations of 256 env steps")."""
+        callbacks: list[Callback] = [FiniteGuard(self), SignalsFirst()]
+        if self.progress:  # about 100 redraws per fit: enough to watch, few enough for a CI log
+            label = f"{self.stage}: {unit}" if self.stage else unit
+            callbacks.append(StageProgressBar(label, refresh_rate=max(1, max_steps // 100)))
         if self.checkpoint is not None:
             callbacks.append(StageCheckpoint(self.checkpoint, self.tracker))
         settings: dict[str, Any] = dict(

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
+import math
 import re
 import sys
 import types
@@ -27,8 +28,10 @@ from typing import Annotated, Any, Literal
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
+from core.errors import NamedError
 
-class ConfigError(ValueError):
+
+class ConfigError(NamedError, ValueError):
     """A config value the schema refuses; the message is `key: value: what is allowed`."""
 
 
@@ -71,6 +74,8 @@ UnitOpen = Annotated[float, Range(ge=0, lt=1)]
 """A number in [0, 1) (a held-out fraction that leaves something to train on)."""
 OpenUnit = Annotated[float, Range(gt=0, lt=1)]
 """A number in (0, 1)."""
+LearningRate = Annotated[float, Range(gt=0, le=1)]
+"""An optimizer's step size: in (0, 1] (larger ones only diverge: reward.lr=1e6 once trained to a loss of 1e23)."""
 
 
 # ---------------------------------------------------------------- checking a value against a type
@@ -130,8 +135,8 @@ def _problems(value: Any, tp: Any, key: str, hints: dict[str, str]) -> list[str]
         return [] if isinstance(value, bool) else bad
     if tp is int:
         return [] if isinstance(value, int) and not isinstance(value, bool) else bad
-    if tp is float:
-        return [] if isinstance(value, int | float) and not isinstance(value, bool) else bad
+    if tp is float:  # (nan and inf are no setting)
+        return [] if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) else bad
     if tp is str:
         return [] if isinstance(value, str) else bad
     if origin in (list, tuple, Sequence) or tp in (list, tuple):

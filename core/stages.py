@@ -72,6 +72,8 @@ class Settings:
     video_steps: int = 1000
     fps: int = 30
     name: str = "run"
+    suspects: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """Each stage's config keys most likely at fault when its numbers go non-finite."""
 
 
 class Stage(ABC):
@@ -119,13 +121,14 @@ class Gather(Stage):
             log.info("%d demonstrations, true returns %.1f .. %.1f; %d items, %d preference pairs",
                      len(demo_returns), demo_returns.min(), demo_returns.max(), len(prefs.items), len(prefs.pairs))
         else:
-            log.info("%d responses, %d preference pairs", len(prefs.items), len(prefs.pairs))
+            distinct = len({(r.prompt, r.text) for r in prefs.items})
+            log.info("%d preference pairs over %d distinct responses", len(prefs.pairs), distinct)
         run.log(metrics, 0)
         save_preferences(prefs, s.checkpoints, self.source.state_dict())
         for shown, where in (("demos.npz", "checkpoints"), ("preferences.jsonl", "checkpoints"),
                              ("learner", "checkpoints/learner")):  # for people; preferences.pkl stays local
             if (s.checkpoints / shown).exists():
-                run.tracker.log_artifact(s.checkpoints / shown, where)
+                run.tracker.log_checkpoint(s.checkpoints / shown, where)
         a.preferences = prefs
 
     def load(self, a: Artifacts, s: Settings) -> None:
@@ -156,7 +159,7 @@ class FitReward(Stage):
             assert a.preferences is not None
             self.reward.fit(a.preferences, s.env, run)
         save_reward(self.reward, s.checkpoints / "reward", s.env, self.target)
-        run.tracker.log_artifact(s.checkpoints / "reward", "checkpoints/reward")
+        run.tracker.log_checkpoint(s.checkpoints / "reward", "checkpoints/reward")
         a.reward = self.reward
 
     def load(self, a: Artifacts, s: Settings) -> None:
@@ -191,10 +194,10 @@ class Optimize(Stage):
             save_reward(a.reward, s.checkpoints / "reward", s.env, self.reward_target)
         saved = s.checkpoints / self.name
         if saved.is_dir():  # a language model's folder
-            run.tracker.log_artifact(saved, f"checkpoints/{self.name}")
+            run.tracker.log_checkpoint(saved, f"checkpoints/{self.name}")
         else:
             for suffix in (".pt", ".yaml"):
-                run.tracker.log_artifact(saved.parent / f"{saved.name}{suffix}", "checkpoints")
+                run.tracker.log_checkpoint(saved.parent / f"{saved.name}{suffix}", "checkpoints")
 
     def load(self, a: Artifacts, s: Settings) -> None:
         a.trained, a.policy = None, SavedPolicy(s.checkpoints / self.name)

@@ -9,12 +9,13 @@ and each job's tracker attaches its run to it.
 from __future__ import annotations
 
 import atexit
+import json
 import logging
 import math
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
@@ -22,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 log = logging.getLogger(__name__)
 
 PARENT_RUN_FILE = ".mlflow_parent_run_id"
+KIND = "mlflow.experimentKind"
 
 
 class Tracker:
@@ -29,6 +31,7 @@ class Tracker:
 
     def __init__(self) -> None:
         self.history: dict[str, list[tuple[int, float]]] = defaultdict(list)
+        self.non_finite: dict[str, tuple[int, int]] = {}  # key -> (count, first step) of nan/inf values
 
     def start(self, run_name: str, config: DictConfig, sweep_dir: Path | None = None,
               tags: dict[str, str] | None = None) -> str | None:
@@ -56,9 +59,19 @@ class Tracker:
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         for key, value in metrics.items():
             self.history[key].append((step, float(value)))
+            if not math.isfinite(float(value)):
+                count, first = self.non_finite.get(key, (0, step))
+                if not count:
+                    log.warning("metric %s is %s at step %d (recorded as the run's tag nonfinite.%s)", key, value,
+                                step, key)
+                self.non_finite[key] = (count + 1, first)
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         """Store a file (or every file below a folder) with the run."""
+
+    def log_checkpoint(self, path: Path, artifact_path: str | None = None) -> None:
+        """Store a checkpoint (a model, demonstrations) with the run where the tracker keeps them (they always
+        stay in the run's output folder)."""
 
     def set_tag(self, key: str, value: str) -> None:
         """Attach a short note to the run (e.g. why no video was recorded)."""
@@ -69,8 +82,8 @@ class Tracker:
     def start_sweep(self, name: str, sweep_dir: Path) -> None:
         """Begin the parent run of a multirun (called once, before its jobs)."""
 
-    def end_sweep(self, sweep_dir: Path) -> None:
-        """Close the parent run of a multirun."""
+    def end_sweep(self, sweep_dir: Path, status: str = "FINISHED", table: Path | None = None) -> None:
+        """Close the parent run of a multirun with `status`, attaching the jobs' table."""
 
     def last(self, key: str) -> float | None:
         """The most recently logged value of a metric, or None."""
@@ -99,10 +112,12 @@ def flatten(config: DictConfig) -> dict[str, Any]:
 class MlflowTracker(Tracker):
     """Logs to MLflow at `uri` (sqlite by default) under `experiment_name`."""
 
-    def __init__(self, uri: str, experiment_name: str) -> None:
+    def __init__(self, uri: str, experiment_name: str, checkpoints: bool | Literal["auto"] = "auto") -> None:
         super().__init__()
         self.uri = uri
         self.experiment_name = experiment_name
+        remote = uri.split(":", 1)[0] in ("http", "https", "databricks")
+        self.upload_checkpoints = checkpoints is True or (checkpoints == "auto" and remote)
         self.run_id: str | None = None
         self._client: Any = None
         self._logged: dict[str, set[tuple[int, float]]] = {}  # a resumed run's values: (step, value) per key
@@ -117,8 +132,14 @@ class MlflowTracker(Tracker):
         return self._client
 
     def _experiment_id(self) -> str:
+        """The experiment's id (created if need be), marked as model development so that MLflow 3's UI opens it
+        on the runs table with their metrics, not on its GenAI view."""
         exp = self.client.get_experiment_by_name(self.experiment_name)
-        return exp.experiment_id if exp else self.client.create_experiment(self.experiment_name)
+        if exp is None:
+            return str(self.client.create_experiment(self.experiment_name, tags={KIND: "custom_model_development"}))
+        if KIND not in exp.tags:
+            self.client.set_experiment_tag(exp.experiment_id, KIND, "custom_model_development")
+        return str(exp.experiment_id)
 
     def start(self, run_name: str, config: DictConfig, sweep_dir: Path | None = None,
               tags: dict[str, str] | None = None) -> str | None:
@@ -157,6 +178,9 @@ class MlflowTracker(Tracker):
         folder = run.data.tags.get("rexlab.output_dir")
         if folder and Path(folder).is_dir():
             return Path(folder)
+        if not any(a.path == "checkpoints" for a in self.client.list_artifacts(run_id)):
+            raise FileNotFoundError(f"runs:/{run_id}: its output folder {folder} is not on this machine and its "
+                                    f"checkpoints were not uploaded (tracking.checkpoints=true uploads them)")
         import os
 
         from mlflow.artifacts import download_artifacts
@@ -188,12 +212,19 @@ class MlflowTracker(Tracker):
         else:
             self.client.log_artifact(self.run_id, str(path), artifact_path)
 
+    def log_checkpoint(self, path: Path, artifact_path: str | None = None) -> None:
+        if self.upload_checkpoints:
+            self.log_artifact(path, artifact_path)
+
     def set_tag(self, key: str, value: str) -> None:
         if self.run_id is not None:
             self.client.set_tag(self.run_id, key, value[:5000])
 
     def end(self, status: str = "FINISHED") -> None:
         if self.run_id is not None:
+            for key, (count, first) in self.non_finite.items():  # MLflow keeps no nan/inf: say they happened
+                self.client.set_tag(self.run_id, f"nonfinite.{key}", f"{count} non-finite value(s), the first at "
+                                                                   f"step {first}")
             run_id, self.run_id = self.run_id, None
             self.client.set_terminated(run_id, status)
 
@@ -202,19 +233,36 @@ class MlflowTracker(Tracker):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         (sweep_dir / PARENT_RUN_FILE).write_text(run.info.run_id)
         log.info("MLflow parent run %s (%s)", name, run.info.run_id)
-        # Hydra skips on_multirun_end when a job fails; close the parent at exit then.
-        atexit.register(self.end_sweep, sweep_dir, "FAILED")
 
-    def end_sweep(self, sweep_dir: Path, status: str = "FINISHED") -> None:
+    def end_sweep(self, sweep_dir: Path, status: str = "FINISHED", table: Path | None = None) -> None:
         parent_file = sweep_dir / PARENT_RUN_FILE
         if parent_file.exists():
             run_id = parent_file.read_text().strip()
+            if table is not None and table.exists():
+                self.client.log_artifact(run_id, str(table))
             if self.client.get_run(run_id).info.status == "RUNNING":
                 self.client.set_terminated(run_id, status)
 
 
+JOBS_FILE = "jobs.jsonl"
+
+
+def sweep_table(sweep_dir: Path) -> str:
+    """The jobs of a multirun (from <sweep_dir>/jobs.jsonl, written as each job ends) as a table."""
+    file = sweep_dir / JOBS_FILE
+    jobs = [json.loads(line) for line in file.read_text().splitlines()] if file.exists() else []
+    jobs.sort(key=lambda j: j["job"])
+    failed = sum(j["status"] != "FINISHED" for j in jobs)
+    rows = [f"| {j['job']} | {j['status']} | `{j['overrides']}` | {j['error']} |" for j in jobs]
+    return "\n".join([f"sweep {sweep_dir}: {len(jobs)} job(s), {failed} failed", "",
+                      "| job | status | overrides | error (last line) |", "|---|---|---|---|", *rows]) + "\n"
+
+
 class SweepCallback(Callback):
-    """Hydra callback: one parent run per multirun, created before the jobs and closed after."""
+    """Hydra callback: one parent run per multirun, created before the jobs and closed after, and a table of
+    every job (number, overrides, status, the last line of its error) on the console and as the parent's
+    artifact jobs.md, failed jobs included (Hydra's basic launcher runs every job, then raises the first
+    failure and skips on_multirun_end: the table and the parent's closing then happen at exit)."""
 
     def _tracker(self, config: DictConfig) -> Tracker:
         from hydra.utils import instantiate
@@ -222,8 +270,40 @@ class SweepCallback(Callback):
         return instantiate(config.tracking)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self.sweep_dir = Path(config.hydra.sweep.dir)
+        self.tracker, self.finished = self._tracker(config), False
+        self.tracker.start_sweep(f"sweep {self.sweep_dir.name}", self.sweep_dir)
+        atexit.register(self.finish)
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        from hydra.core.utils import JobStatus
+        from hydra.types import RunMode
+
+        if config.hydra.mode != RunMode.MULTIRUN:
+            return
+
+        error = ""
+        if job_return.status == JobStatus.FAILED:
+            failure = job_return._return_value
+            lines = str(failure).strip().splitlines()
+            error = f"{type(failure).__name__}: {lines[-1].strip() if lines else ''}"[:300]
+        record = {"job": int(config.hydra.job.num), "overrides": " ".join(config.hydra.overrides.task),
+                  "status": "FINISHED" if job_return.status == JobStatus.COMPLETED else "FAILED", "error": error}
         sweep_dir = Path(config.hydra.sweep.dir)
-        self._tracker(config).start_sweep(f"sweep {sweep_dir.name}", sweep_dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        with open(sweep_dir / JOBS_FILE, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        self._tracker(config).end_sweep(Path(config.hydra.sweep.dir))
+        self.finish()
+
+    def finish(self) -> None:
+        """Print the jobs' table, attach it to the parent run and close the parent (FAILED if any job failed)."""
+        if self.finished:
+            return
+        self.finished = True
+        table = sweep_table(self.sweep_dir)
+        print("\n" + table, flush=True)
+        (self.sweep_dir / "jobs.md").write_text(table, encoding="utf-8")
+        failed = "0 failed" not in table.splitlines()[0]
+        self.tracker.end_sweep(self.sweep_dir, "FAILED" if failed else "FINISHED", self.sweep_dir / "jobs.md")

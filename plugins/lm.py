@@ -26,6 +26,7 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,10 @@ if TYPE_CHECKING:  # transformers' model classes take seconds to import: each fu
     from transformers import BertModel, LlamaForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
+# transformers' own deprecation notice, raised inside peft and Lightning calls rexlab does not make itself
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+# SmolLM2 ties its embeddings; rexlab's LoRA adapters never include them (ppo.lora.target_modules)
+warnings.filterwarnings("ignore", message=".*tie_word_embeddings=True.*ensure_weight_tying.*")
 
 SMOLLM2 = "HuggingFaceTB/SmolLM2-135M-Instruct"
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"

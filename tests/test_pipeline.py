@@ -38,7 +38,8 @@ def run_main(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 
 def test_debug_pipeline_writes_an_mlflow_run_with_metrics_and_artifacts(in_tmp: Path) -> None:
     uri = f"sqlite:///{in_tmp / 'mlflow.db'}"
-    cfg, choices = compose_with_choices("experiment=debug", "progress=false", f"tracking.uri={uri}")
+    cfg, choices = compose_with_choices("experiment=debug", "progress=false", f"tracking.uri={uri}",
+                                        "tracking.checkpoints=true")
     metrics = run_pipeline(cfg, choices, in_tmp / "out")
     client = MlflowClient(uri)
     [run] = client.search_runs([client.get_experiment_by_name("rexlab").experiment_id])
@@ -50,6 +51,20 @@ def test_debug_pipeline_writes_an_mlflow_run_with_metrics_and_artifacts(in_tmp: 
     assert run.data.metrics["eval/true_return_mean"] == pytest.approx(metrics["eval/true_return_mean"])
     assert "true return" in run.data.tags["video"]
     assert metrics["demos/best_true_return"] >= metrics["demos/mean_true_return"]
+
+
+def test_checkpoints_stay_in_the_output_folder_alone_with_a_local_store(in_tmp: Path) -> None:
+    """One copy: a local MLflow store gets the plots, video and config; the models stay in outputs/."""
+    uri = f"sqlite:///{in_tmp / 'mlflow.db'}"
+    cfg, choices = compose_with_choices("experiment=debug", "progress=false", f"tracking.uri={uri}")
+    run_pipeline(cfg, choices, in_tmp / "out")
+    client = MlflowClient(uri)
+    [run] = client.search_runs([client.get_experiment_by_name("rexlab").experiment_id])
+    artifacts = all_artifacts(client, run.info.run_id)
+    assert {"config.yaml", "plots/learning_curve.png", "videos/policy.gif"} <= artifacts
+    assert not any(a.startswith("checkpoints/") for a in artifacts)
+    assert (in_tmp / "out" / "checkpoints" / "policy.pt").is_file() and run.data.tags["rexlab.output_dir"] == str(
+        in_tmp / "out")
 
 
 def test_same_seed_same_demonstrations_and_metrics(in_tmp: Path) -> None:
@@ -90,7 +105,8 @@ def test_garbage_demonstrations_file_is_named_and_the_run_is_kept(in_tmp: Path) 
     (in_tmp / "garbage.npz").write_text("not an archive")
     result = run_main(["preference=ranked_demos", "preference.path=garbage.npz"], in_tmp)
     assert result.returncode != 0
-    assert "garbage.npz" in result.stderr and "not a readable .npz" in result.stderr
+    output = result.stdout + result.stderr
+    assert "garbage.npz" in output and "not a readable .npz" in output
     client = MlflowClient(f"sqlite:///{in_tmp / 'mlflow.db'}")
     [run] = client.search_runs([client.get_experiment_by_name("rexlab").experiment_id])
     assert run.info.status == "FAILED"

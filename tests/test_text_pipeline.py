@@ -32,7 +32,7 @@ def test_rlhf_on_text_runs_end_to_end_and_logs_the_text_metrics(in_tmp: Path, ch
                                                                 tiny_encoder_dir: str) -> None:
     uri = f"sqlite:///{in_tmp / 'mlflow.db'}"
     cfg, choices = compose_with_choices(*tiny(char_lm_dir, tiny_encoder_dir), "preference=synthetic",
-                                        f"tracking.uri={uri}")
+                                        f"tracking.uri={uri}", "tracking.checkpoints=true")
     metrics = run_pipeline(cfg, choices, in_tmp / "out")
     client = MlflowClient(uri)
     [run] = client.search_runs([client.get_experiment_by_name("rexlab").experiment_id])

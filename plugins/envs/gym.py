@@ -14,6 +14,7 @@ from gymnasium.vector import AutoresetMode
 
 from core.interfaces import Environment
 
+logging.getLogger("OpenGL.acceleratesupport").setLevel(logging.WARNING)  # "No OpenGL_accelerate module loaded"
 # MuJoCo renders headless through EGL here (its default GLFW needs a display; OSMesa fails); set
 # before any MuJoCo env is made. A user's own MUJOCO_GL wins.
 os.environ.setdefault("MUJOCO_GL", "egl")

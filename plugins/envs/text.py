@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from gymnasium.vector import AutoresetMode
 
+from core.errors import NamedError
 from core.evaluation import pearson
 from core.interfaces import TOKEN_PAD, LanguagePolicy, Policy, PromptTask, RewardModel
 from core.jsonl import exact_fields, json_object, read_jsonl, text_field
@@ -43,7 +44,7 @@ from plugins.reviews import PROMPTS, gold_sentiment
 log = logging.getLogger(__name__)
 
 
-class PromptFileError(ValueError):
+class PromptFileError(NamedError, ValueError):
     """A prompt file that cannot be read whole; the message names file, line and field."""
 
 
@@ -161,7 +162,9 @@ class TextEnv(PromptTask):
         if not isinstance(policy, LanguagePolicy):
             raise TypeError(f"env=text evaluates language-model policies, got {type(policy).__name__}")
         metrics = self.evaluate_text(policy, reward, run, episodes, seed, "final")
-        gold_vs_kl(run.output_dir / "plots" / "gold_vs_kl.png", run.tracker.history, metrics)
+        gold_vs_kl(run.output_dir / "plots" / "gold_vs_kl.png", run.tracker.history, metrics,
+                   run.name or run.output_dir.name)
+        run.tracker.set_tag("video", "skipped: env=text renders no video (its samples are samples/final.jsonl)")
         return metrics
 
     @torch.no_grad()
@@ -207,7 +210,7 @@ class TextEnv(PromptTask):
         return metrics
 
 
-def gold_vs_kl(path: Path, history: dict[str, list[tuple[int, float]]], final: dict[str, float]) -> None:
+def gold_vs_kl(path: Path, history: dict[str, list[tuple[int, float]]], final: dict[str, float], name: str) -> None:
     """Gold reward against KL to the reference over training: each iteration's training batch, the
     held-out evaluations, the final one, and the reference's gold reward (KL 0)."""
     import matplotlib
@@ -230,7 +233,7 @@ def gold_vs_kl(path: Path, history: dict[str, list[tuple[int, float]]], final: d
                zorder=5, label="final policy")
     ax.axhline(final["eval/ref_gold_reward_mean"], color="tab:gray", ls="--", lw=1, label="reference policy")
     ax.set(xlabel="KL(policy || reference), nats per response", ylabel="gold reward (VADER compound)",
-           title="gold reward against KL over training")
+           title=f"{name}\ngold reward against KL over training")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

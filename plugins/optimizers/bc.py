@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from core.interfaces import Capabilities, Environment, IterationCallback, Optimizer, Policy, RewardModel, SavedPolicy
 from core.run import ResumableLoader, RunContext
-from core.schema import NonNegative, Positive, PositiveInt, Range, UnitOpen
+from core.schema import LearningRate, NonNegative, PositiveInt, Range, UnitOpen
 from core.types import Trajectory
 from plugins.policies.cnn import actor_critic_for, start_from
 from plugins.policies.mlp import ActorCriticBase
@@ -74,9 +74,10 @@ class BehavioralCloning(Optimizer):
     """policy=bc. Fields documented in conf/policy/bc.yaml."""
 
     capabilities = Capabilities(observations=frozenset({"vector", "image"}),
-                                actions=frozenset({"discrete", "continuous"}), needs_demonstrations=True)
+                                actions=frozenset({"discrete", "continuous"}), needs_demonstrations=True,
+                                uses_reward=False)
 
-    def __init__(self, epochs: PositiveInt = 10, batch_size: PositiveInt = 32, lr: Positive = 1e-3,
+    def __init__(self, epochs: PositiveInt = 10, batch_size: PositiveInt = 32, lr: LearningRate = 1e-3,
                  ent_weight: NonNegative = 1e-3, l2_weight: NonNegative = 0.0,
                  top_fraction: Annotated[float, Range(gt=0, le=1)] = 1.0, val_fraction: UnitOpen = 0.1,
                  hidden_sizes: Sequence[PositiveInt] = (64, 64),
@@ -111,7 +112,7 @@ class BehavioralCloning(Optimizer):
                           self.lr, self.batch_size, self.ent_weight, self.l2_weight)
         steps = math.ceil(len(train) / self.batch_size) * self.epochs
         trainer = run.trainer(max_steps=steps, max_epochs=self.epochs, log_every_n_steps=max(1, min(50, steps // 50)),
-                              num_sanity_val_steps=0)
+                              num_sanity_val_steps=0, unit=f"BC batches of {self.batch_size} (state, action) pairs")
         run.fit(trainer, module)
         policy.eval()
         return policy

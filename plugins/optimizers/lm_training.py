@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from core.errors import NamedError
 from core.interfaces import (
     Capabilities,
     Environment,
@@ -41,7 +42,7 @@ from core.interfaces import (
 )
 from core.jsonl import exact_fields, json_object, read_jsonl, text_field
 from core.run import ResumableLoader, RunContext
-from core.schema import OpenUnit, Positive, PositiveInt
+from core.schema import LearningRate, OpenUnit, PositiveInt
 from core.types import Trajectory
 from plugins.policies.text import LoraSettings, TextPolicy, build_text_policy
 from plugins.reviews import CORPUS, DEMONSTRATIONS
@@ -57,7 +58,7 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
                            ignore_index=IGNORE)
 
 
-class DataFileError(ValueError):
+class DataFileError(NamedError, ValueError):
     """A corpus or demonstration file that cannot be read; the message names file, line and field."""
 
 
@@ -140,12 +141,13 @@ class CausalLMModule(L.LightningModule):
 class CausalLMTraining(Optimizer):
     """Shared by policy=pretrain and policy=sft: fields documented in conf/policy/<option>.yaml."""
 
-    capabilities = Capabilities(observations=frozenset({"text"}), actions=frozenset({"token"}))
+    capabilities = Capabilities(observations=frozenset({"text"}), actions=frozenset({"token"}), uses_reward=False)
     prefix = "lm"
     bundled = CORPUS
+    unit = "examples"
 
     def __init__(self, model: str | None = None, path: str | None = None, epochs: PositiveInt = 3,
-                 batch_size: PositiveInt = 8, lr: Positive = 5e-5, max_length: PositiveInt = 128,
+                 batch_size: PositiveInt = 8, lr: LearningRate = 5e-5, max_length: PositiveInt = 128,
                  val_fraction: OpenUnit = 0.1, lora: LoraSettings | None = None) -> None:
         self.model, self.path, self.epochs, self.batch_size, self.lr = model, path, epochs, batch_size, lr
         self.max_length, self.val_fraction = max_length, val_fraction
@@ -172,7 +174,8 @@ class CausalLMTraining(Optimizer):
         val, train = [data[k] for k in order[:n_val]], [data[k] for k in order[n_val:]]
         steps = math.ceil(len(train) / self.batch_size) * self.epochs
         module = CausalLMModule(policy, train, val, self.prefix, self.lr, self.batch_size, steps)
-        trainer = run.trainer(max_steps=steps, max_epochs=self.epochs, log_every_n_steps=1, num_sanity_val_steps=0)
+        trainer = run.trainer(max_steps=steps, max_epochs=self.epochs, log_every_n_steps=1, num_sanity_val_steps=0,
+                              unit=f"{self.prefix} batches of {self.batch_size} {self.unit}")
         trainer.validate(module, verbose=False)  # the untrained model's held-out loss, the start of the curve
         run.fit(trainer, module)
         policy.eval()
@@ -185,6 +188,7 @@ class Pretrain(CausalLMTraining):
 
     prefix = "pretrain"
     bundled = CORPUS
+    unit = "blocks"
 
     def examples(self, policy: TextPolicy, path: Path) -> list[tuple[list[int], list[int]]]:
         stream: list[int] = []
@@ -201,6 +205,7 @@ class SFT(CausalLMTraining):
 
     prefix = "sft"
     bundled = DEMONSTRATIONS
+    unit = "demonstrations"
 
     def examples(self, policy: TextPolicy, path: Path) -> list[tuple[list[int], list[int]]]:
         out = []

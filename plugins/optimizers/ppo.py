@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 
 from core.interfaces import Capabilities, Environment, IterationCallback, Optimizer, Policy, RewardModel, SavedPolicy
 from core.run import ResumableLoader, RunContext
-from core.schema import NonNegative, Positive, PositiveInt, Unit, structured
+from core.schema import ConfigError, LearningRate, NonNegative, Positive, PositiveInt, Unit, structured
 from core.types import Trajectory
 from plugins.policies.cnn import actor_critic_for, start_from
 from plugins.policies.mlp import ActorCriticBase, RunningMeanStd
@@ -40,7 +40,7 @@ class PPOHparams:
     total_timesteps: PositiveInt = 100_000
     num_envs: PositiveInt = 8
     num_steps: PositiveInt = 128
-    learning_rate: Positive = 2.5e-4
+    learning_rate: LearningRate = 2.5e-4
     anneal_lr: bool = True
     gamma: Unit = 0.99
     gae_lambda: Unit = 0.95
@@ -229,6 +229,8 @@ class PPOModule(L.LightningModule):
         learned = None if self.reward_model.uses_env_reward else (
             self.reward_model.reward(raw_obs.reshape(T * N, *raw_obs.shape[2:])).reshape(T, N))
         self._track_episodes(true_rewards, learned, dones)
+        if learned is not None and not np.isfinite(learned).all():
+            self.run.non_finite("the learned reward of the rollout's states", self.env_steps)
         rewards = true_rewards if learned is None else learned
         if hp.clip_reward is not None:
             rewards = np.clip(rewards, -hp.clip_reward, hp.clip_reward)
@@ -264,8 +266,8 @@ class PPOModule(L.LightningModule):
             if not self.reward_model.uses_env_reward:
                 metrics["train/learned_return"] = float(np.mean([r[1] for r in recent]))
         self.run.log(metrics, self.env_steps)
-        if self.finished:
-            self.log("return", self.recent_return, prog_bar=True, logger=False)
+        if self.finished:  # on the progress bar: the mean true return of the last 20 episodes
+            self.log("true_return_last20", self.recent_return, prog_bar=True, logger=False)
         self.finished = self.finished[-20:]
 
     def adam(self) -> torch.optim.Optimizer:
@@ -293,7 +295,10 @@ class PPOModule(L.LightningModule):
                 # clip_gradients would only add their per-call cost to the same two calls).
                 optimizer.zero_grad()
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(self.policy.parameters(), hp.max_grad_norm)
+                norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), hp.max_grad_norm)
+                if not bool(torch.isfinite(torch.stack([loss.detach(), norm])).all()):  # before the step spoils
+                    self.run.non_finite(f"the PPO loss ({loss.item()}) or its gradient norm ({norm.item()})",
+                                        self.env_steps)                          # the weights
                 optimizer.step()
                 if epoch * hp.num_minibatches + mb == last:  # the iteration's last minibatch (as CleanRL logs)
                     self.run.log({f"train/{k}": v.item() for k, v in logs.items()}, self.env_steps)
@@ -337,8 +342,8 @@ class PPO(Optimizer):
         if total_timesteps is not None:
             self.hp.total_timesteps = int(total_timesteps)
         if (self.hp.num_envs * self.hp.num_steps) % self.hp.num_minibatches:
-            raise ValueError(f"ppo: num_envs*num_steps ({self.hp.num_envs * self.hp.num_steps}) is not "
-                             f"divisible by num_minibatches ({self.hp.num_minibatches})")
+            raise ConfigError(f"ppo.num_minibatches ({self.hp.num_minibatches}) must divide ppo.num_envs x "
+                              f"ppo.num_steps ({self.hp.num_envs * self.hp.num_steps}), the rollout's size")
 
     def fit(self, env: Environment, reward: RewardModel, run: RunContext,
             demonstrations: list[Trajectory] | None = None, callback: IterationCallback | None = None,
@@ -348,7 +353,9 @@ class PPO(Optimizer):
                                    self.hp.activation, self.hp.normalize_obs))
         module = PPOModule(policy, self.hp, env, reward, run, callback)
         trainer = run.trainer(max_steps=module.num_iterations, max_epochs=1,  # one step per iteration, clipping in it
-                              log_every_n_steps=module.num_iterations)
+                              log_every_n_steps=module.num_iterations,
+                              unit=f"PPO iterations of {module.batch_size} env steps"
+                                   + (f" ({run.rename['train']})" if run.rename and "train" in run.rename else ""))
         run.fit(trainer, module)
         policy.eval()
         return policy

@@ -49,7 +49,17 @@ from core.interfaces import (
     SavedPolicy,
 )
 from core.run import ResumableLoader, RunContext
-from core.schema import NonNegative, NonNegativeInt, Positive, PositiveInt, Range, Unit, structured
+from core.schema import (
+    ConfigError,
+    LearningRate,
+    NonNegative,
+    NonNegativeInt,
+    Positive,
+    PositiveInt,
+    Range,
+    Unit,
+    structured,
+)
 from core.types import Trajectory
 from plugins.optimizers.ppo import clipped_policy_loss, gae, value_loss
 from plugins.policies.text import LoraSettings, Rollout, TextPolicy, build_text_policy
@@ -66,7 +76,7 @@ class TextPPOHparams:
     batch_size: Annotated[int, Range(ge=2)] = 16
     num_minibatches: PositiveInt = 2
     update_epochs: PositiveInt = 4
-    learning_rate: Positive = 5e-4
+    learning_rate: LearningRate = 5e-4
     gamma: Unit = 1.0
     gae_lambda: Unit = 0.95
     clip_coef: Positive = 0.2
@@ -196,6 +206,8 @@ class TextPPOModule(L.LightningModule):
         gold = self.env.gold(prompts, texts)
         learned = None if self.reward_model.uses_env_reward else self.reward_model.score(prompts, texts)
         raw = torch.as_tensor(gold if learned is None else learned, dtype=torch.float32)
+        if not bool(torch.isfinite(raw).all()):
+            self.run.non_finite("the reward model's scores of the responses", self.env_steps)
         if hp.normalize_reward and iteration == 0:  # the reference's samples: fix gain and bias
             std = float(raw.std()) if len(raw) > 1 else 0.0
             self.reward_shift, self.reward_scale = float(raw.mean()), std if std > 1e-6 else 1.0
@@ -275,7 +287,7 @@ class TextPPO(Optimizer):
         if total_timesteps is not None:
             self.hp.total_timesteps = int(total_timesteps)
         if self.hp.batch_size % self.hp.num_minibatches:
-            raise ValueError(f"ppo.batch_size ({self.hp.batch_size}) is not divisible by ppo.num_minibatches "
+            raise ConfigError(f"ppo.batch_size ({self.hp.batch_size}) is not divisible by ppo.num_minibatches "
                              f"({self.hp.num_minibatches})")
 
     def fit(self, env: Environment, reward: RewardModel, run: RunContext,
@@ -290,7 +302,9 @@ class TextPPO(Optimizer):
                                        lora=self.hp.lora)
         module = TextPPOModule(policy, self.hp, env, reward, run, callback)
         steps = module.num_iterations * module.updates_per_iteration
-        trainer = run.trainer(max_steps=steps, gradient_clip_val=self.hp.max_grad_norm, log_every_n_steps=max(1, steps))
+        trainer = run.trainer(max_steps=steps, gradient_clip_val=self.hp.max_grad_norm, log_every_n_steps=max(1, steps),
+                              unit=f"text PPO minibatch updates ({module.updates_per_iteration} per batch of "
+                                   f"{self.hp.batch_size} responses)")
         run.fit(trainer, module)
         policy.eval()
         return policy

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from core.errors import NamedError
 from core.interfaces import Capabilities, Environment, PreferenceSource, SavedPolicy
 from core.jsonl import RecordError, check_text, read_jsonl, text_field
 from core.run import RunContext
@@ -32,7 +33,7 @@ PAIR_FIELDS = {"prompt", "chosen", "rejected", "annotator", "margin"}
 RANKING_FIELDS = {"prompt", "responses", "ranking", "correction", "annotator"}
 
 
-class PreferenceFileError(ValueError):
+class PreferenceFileError(NamedError, ValueError):
     """A preference file that cannot be read whole; the message names file, line and field."""
 
 

@@ -7,6 +7,7 @@ starts a run from one)."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,8 @@ from core.interfaces import (
 from core.run import RunContext
 from core.schema import PositiveInt
 from core.types import Preferences, Trajectory
+
+log = logging.getLogger(__name__)
 
 
 class Demonstrator(IterationCallback):
@@ -57,7 +60,12 @@ class Demonstrator(IterationCallback):
         self.demos.extend(new)
         best = max(t.true_return for t in new)
         self.run.log({"learner/checkpoint_return": best}, env_steps)
-        return source.stop_return is not None and best >= source.stop_return
+        if source.stop_return is not None and best >= source.stop_return:
+            log.info("the demonstrator's learner stops early at %d env steps: a demonstration's true return (%.1f) "
+                     "reached preference.stop_return=%s, so the demonstrations stay suboptimal", env_steps, best,
+                     source.stop_return)
+            return True
+        return False
 
 
 class LearnerCheckpoints(PreferenceSource):

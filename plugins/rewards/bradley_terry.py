@@ -47,7 +47,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from core.interfaces import Capabilities, Environment, RewardModel
 from core.run import ResumableLoader, RunContext
-from core.schema import NonNegative, Positive, PositiveInt, UnitOpen
+from core.schema import LearningRate, NonNegative, PositiveInt, UnitOpen
 from core.types import Preferences, Response
 from plugins.lm import MINILM, load_encoder
 
@@ -232,7 +232,7 @@ class BradleyTerry(RewardModel):
     capabilities = Capabilities(observations=frozenset({"text"}), actions=frozenset({"token"}), needs_preferences=True)
 
     def __init__(self, model: str = MINILM, pooling: Literal["mean", "last"] = "mean", max_length: PositiveInt = 256,
-                 lr: Positive = 1e-4, weight_decay: NonNegative = 0.0, batch_size: PositiveInt = 16,
+                 lr: LearningRate = 1e-4, weight_decay: NonNegative = 0.0, batch_size: PositiveInt = 16,
                  epochs: PositiveInt = 1, val_fraction: UnitOpen = 0.1, val_checks_per_epoch: PositiveInt = 4,
                  score_batch_size: PositiveInt = 64) -> None:
         if pooling not in POOLINGS:
@@ -270,6 +270,7 @@ class BradleyTerry(RewardModel):
                                     total)
         trainer = run.trainer(
             max_steps=total, max_epochs=self.epochs, limit_val_batches=1.0 if val else 0,
+            unit=f"reward model batches of {self.batch_size} rankings",
             val_check_interval=max(1, steps_per_epoch // max(1, self.val_checks)),
             log_every_n_steps=max(1, min(50, steps_per_epoch // 10)), num_sanity_val_steps=0)
         if val:  # the untrained model's held-out metrics, the start of the curve

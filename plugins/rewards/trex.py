@@ -55,7 +55,7 @@ from torch.utils.data import DataLoader, Dataset
 from core.evaluation import pearson
 from core.interfaces import Capabilities, Environment, RewardModel
 from core.run import ResumableLoader, RunContext
-from core.schema import NonNegative, Positive, PositiveInt, UnitOpen
+from core.schema import ConfigError, LearningRate, NonNegative, Positive, PositiveInt, UnitOpen
 from core.types import Preferences, Trajectory
 from plugins.rewards.nets import EnsembleCNN, EnsembleMLP, ensemble_rewards, reward_ensemble
 
@@ -236,13 +236,13 @@ class TREX(RewardModel):
     def __init__(self, num_pairs: PositiveInt = 6000, min_snippet_length: PositiveInt = 50,
                  max_snippet_length: PositiveInt = 100, ensemble_size: PositiveInt = 5,
                  hidden_sizes: Sequence[PositiveInt] = (256, 256),
-                 activation: Literal["tanh", "relu", "leaky_relu"] = "leaky_relu", lr: Positive = 5e-5,
+                 activation: Literal["tanh", "relu", "leaky_relu"] = "leaky_relu", lr: LearningRate = 5e-5,
                  weight_decay: NonNegative = 0.0, batch_size: PositiveInt = 1, epochs: PositiveInt = 1,
                  val_fraction: UnitOpen = 0.1, val_checks_per_epoch: PositiveInt = 4, fit_offset: bool = True,
                  offset_l2: Positive = 1e-2, frame_stride: PositiveInt = 1, warm_start: bool = True,
                  squash: Literal["none", "tanh", "sigmoid"] = "none", alive_bonus: float = 0.0) -> None:
         if not min_snippet_length <= max_snippet_length:
-            raise ValueError(f"reward.min_snippet_length ({min_snippet_length}) must be <= "
+            raise ConfigError(f"reward.min_snippet_length ({min_snippet_length}) must be <= "
                              f"reward.max_snippet_length ({max_snippet_length})")
         self.num_pairs, self.min_len, self.max_len = num_pairs, min_snippet_length, max_snippet_length
         self.ensemble_size, self.hidden_sizes, self.activation = ensemble_size, list(hidden_sizes), activation
@@ -278,6 +278,7 @@ class TREX(RewardModel):
         module = TREXModule(self.net, train, val, prefs.items, obs, self.lr, self.weight_decay, self.batch_size)
         steps_per_epoch = math.ceil(self.num_pairs / self.batch_size)
         trainer = run.trainer(max_steps=steps_per_epoch * self.epochs, max_epochs=self.epochs,
+                              unit=f"T-REX batches of {self.batch_size} snippet pair(s) x {self.ensemble_size} net(s)",
                               val_check_interval=max(1, steps_per_epoch // self.val_checks),
                               log_every_n_steps=max(1, min(50, steps_per_epoch // 20)), num_sanity_val_steps=0)
         run.fit(trainer, module)

@@ -24,10 +24,12 @@ GROUPS = ["env", "reward", "preference", "policy"]
     ("policy.total_timesteps=-5", "policy.total_timesteps: -5: must be an integer >= 1 or null"),
     ("evaluation.episodes=0", "evaluation.episodes: 0: must be an integer >= 1"),
     ("reward.ensemble_size=0", "reward.ensemble_size: 0: must be an integer >= 1"),
-    ("reward.lr=-1", "reward.lr: -1: must be a number > 0"),
+    ("reward.lr=-1", "reward.lr: -1: must be a number in (0, 1]"),
+    ("reward.lr=1e6", "reward.lr: 1000000.0: must be a number in (0, 1]"),
+    ("reward.alive_bonus=nan", "reward.alive_bonus: NaN: must be a number"),
     ("ppo.num_envs=0", "ppo.num_envs: 0: must be an integer >= 1"),
     ("reward.squash=cube", 'reward.squash: "cube": must be one of "none", "tanh", "sigmoid"'),
-    ("ppo.learning_rate=fast", 'ppo.learning_rate: "fast": must be a number > 0'),
+    ("ppo.learning_rate=fast", 'ppo.learning_rate: "fast": must be a number in (0, 1]'),
     ("preference.learner.total_timesteps=0", "preference.learner.total_timesteps: 0: must be an integer >= 1"),
 ])
 def test_out_of_range_values_are_refused_with_the_key_the_user_sets(override: str, message: str) -> None:
