@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -11,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from core.errors import NamedError
 from core.interfaces import Capabilities, Environment
+from core.schema import HYDRA_KEYS, signature_types
 from core.variants import CONF_DIR, VARIANTS, preset_keys
 
 CORE_KEYS = {"init"}
@@ -100,7 +100,6 @@ def check_compatible(env: Environment, choices: dict[str, str], classes: dict[st
 ABLE = {"calls_back": "hands its current policy to a callback while it trains (for checkpoints)",
         "provides_demonstrations": "provides whole demonstration trajectories",
         "needs_demonstrations": "learns a policy from demonstrations (behavioral cloning)"}
-HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
 
 
 def _plugin_children(node: DictConfig) -> list[tuple[str, DictConfig]]:
@@ -145,26 +144,11 @@ def _check_children(node: DictConfig, key: str, env: Environment, choices: dict[
         _check_children(child, where, env, choices)
 
 
-def _accepted_fields(cls: Any) -> set[str] | None:
-    """The keyword arguments a plugin class takes, following **kwargs to its base classes' __init__
-    (DREX passes T-REX's fields on); None if it takes any."""
-    names: set[str] = set()
-    for klass in cls.__mro__:
-        if klass is object:  # no __init__ of its own on the way: it takes no arguments
-            return names - {"self"}
-        if "__init__" not in vars(klass):
-            continue
-        params = inspect.signature(klass.__init__).parameters.values()
-        names |= {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-        if not any(p.kind == p.VAR_KEYWORD for p in params):
-            return names - {"self"}
-    return None
-
-
 def _unknown_fields(node: DictConfig, key: str, ignore: set[str] = frozenset()) -> dict[str, list[str]]:  # type: ignore[assignment]
     """{config key of a plugin: its keys the class it builds does not take}, for the node at `key` (it has a
     `_target_`) and the plugins nested in it; `ignore`: keys of the node core reads itself."""
-    names = _accepted_fields(plugin_class(node))
+    fields = signature_types(plugin_class(node))  # (following **kwargs: DREX passes T-REX's fields on)
+    names = None if fields is None else set(fields)
     out: dict[str, list[str]] = {}
     unknown = [f"{key}.{k}" for k in map(str, node)
                if names is not None and k not in HYDRA_KEYS | ignore and k not in names]

@@ -233,8 +233,6 @@ def run_pipeline(cfg: DictConfig, choices: dict[str, str], output_dir: Path, swe
     cfg = finalize_config(cfg, choices, overrides)
     classes = {g: plugin_class(cfg[g]) for g in GROUPS if g != "env"}
     policy_init, reward_init = cfg.policy.get("init"), cfg.reward.get("init")
-    # the source runs for a reward that learns here (or that an online source refits), or for an optimizer
-    # that learns from demonstrations
     used = used_groups(classes, reward_loaded=bool(reward_init))
     source_used, reward_used = "preference" in used, "reward" in used
     check_config(cfg, [*used, *(f"recipe.{k}" for k in cfg.recipe)], RunSettings)
@@ -342,7 +340,6 @@ def _run(cfg: DictConfig, stages: list[Stage], s: Settings, tracker: Tracker, ar
     state.save(s.checkpoints)
     log.info("recipe: %s", " -> ".join(stage.name for stage in stages))
     status, current = "FAILED", ""
-    run = RunContext(seed=int(cfg.seed), output_dir=output_dir, tracker=tracker, progress=cfg.progress)
     restore = resuming  # the random states and history as of the last finished stage, once its artifacts are loaded
     try:
         with signals.installed():
@@ -359,7 +356,7 @@ def _run(cfg: DictConfig, stages: list[Stage], s: Settings, tracker: Tracker, ar
                 log.info("stage %d/%d: %s (%s)", k + 1, len(stages), stage.name, stage.describe())
                 resume_file = s.checkpoints / "resume" / f"{stage.name}.ckpt"
                 stage.run(artifacts, s, RunContext(
-                    seed=run.seed, output_dir=output_dir, tracker=tracker, progress=run.progress,
+                    seed=int(cfg.seed), output_dir=output_dir, tracker=tracker, progress=cfg.progress,
                     checkpoint=Checkpointing(resume_file, int(cfg.checkpoint.every), resume=resuming),
                     stage=stage.name, suspects=s.suspects.get(stage.name, ()), name=name))
                 state.finished.append(stage.name)
