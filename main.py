@@ -29,7 +29,7 @@ def main(cfg: DictConfig) -> float:
         if context["job"] is not None:
             raise  # a multirun job: Hydra records the failure and goes on with the other jobs
         sys.exit(2 if isinstance(err, NamedError) else 1)
-    return metrics["eval/true_return_mean"]
+    return metrics.get("eval/true_return_mean", float("nan"))  # (none from a data-parallel run's rank > 0)
 
 
 if __name__ == "__main__":

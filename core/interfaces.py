@@ -41,6 +41,9 @@ class Capabilities:
     calls_back: an Optimizer that calls its `callback` with the current policy after each rollout.
     uses_reward: an Optimizer that optimises a reward (PPO); behavioral cloning and supervised language-model
         training do not, so a run with them learns no reward and gathers preferences only for demonstrations.
+    data_parallel: an Optimizer or RewardModel whose fit is plain supervised learning over a data set (reward
+        nets, the text reward model, SFT, pretraining, behavioral cloning): with trainer=ddp|fsdp its stage
+        trains on every device, one process each, its training data split between them (core/devices.py).
     requires: (config key, flag, config group) triples: the plugin nested under that key of this one's
         config must have that flag set, as the group's options that have it do (e.g. a checkpointing
         source's ("learner", "calls_back", "policy")); checked, with the nested plugins' observations
@@ -57,6 +60,7 @@ class Capabilities:
     refits: bool = False
     calls_back: bool = False
     uses_reward: bool = True
+    data_parallel: bool = False
     requires: tuple[tuple[str, str, str], ...] = ()
     notes: tuple[str, ...] = field(default_factory=tuple)
 

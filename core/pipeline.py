@@ -18,7 +18,7 @@ import pickle
 import shlex
 import signal
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +43,9 @@ from core.compat import (
     plugin_class,
     used_groups,
 )
+from core.devices import Devices, rank
 from core.errors import NamedError
+from core.follower import follow
 from core.interfaces import Environment, EnvReward, Optimizer, PreferenceSource, RewardModel
 from core.jsonl import set_max_line_bytes
 from core.plots import learning_curve
@@ -71,7 +73,8 @@ FILE_KEYS = {"path", "init", "prompts"}
 FAULT_KEYS = {"lr", "learning_rate"} | FILE_KEYS
 """Config fields named when a stage's numbers go non-finite: learning rates and input files."""
 STATE = "run_state.pkl"
-IGNORED_ON_RESUME = ("resume", "progress", "checkpoint")  # keys a resumed run may change
+IGNORED_ON_RESUME = ("resume", "progress", "checkpoint", "trainer")  # keys a resumed run may change (a preempted
+# job may come back on other hardware)
 
 
 # ---------------------------------------------------------------- the run's own settings (typed)
@@ -235,8 +238,10 @@ def run_pipeline(cfg: DictConfig, choices: dict[str, str], output_dir: Path, swe
     policy_init, reward_init = cfg.policy.get("init"), cfg.reward.get("init")
     used = used_groups(classes, reward_loaded=bool(reward_init))
     source_used, reward_used = "preference" in used, "reward" in used
-    check_config(cfg, [*used, *(f"recipe.{k}" for k in cfg.recipe)], RunSettings)
-    check_fields(cfg, choices, (*used, *(f"recipe.{k}" for k in cfg.recipe)))
+    check_config(cfg, [*used, "trainer", *(f"recipe.{k}" for k in cfg.recipe)], RunSettings)
+    check_fields(cfg, choices, (*used, "trainer", *(f"recipe.{k}" for k in cfg.recipe)))
+    devices: Devices = build(cfg.trainer)
+    devices.apply_threads()
     tracker: Tracker = build(cfg.tracking)
 
     resuming = cfg.get("resume") is not None
@@ -253,7 +258,11 @@ def run_pipeline(cfg: DictConfig, choices: dict[str, str], output_dir: Path, swe
 
     set_max_line_bytes(cfg.data.max_line_bytes)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    torch.use_deterministic_algorithms(True)
+    for seeded in ("PL_GLOBAL_SEED", "PL_SEED_WORKERS"):  # else a data-parallel fit's setup seeds everything again
+        os.environ.pop(seeded, None)
+    if not devices.on_cpu:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # what deterministic cuBLAS needs
+    torch.use_deterministic_algorithms(True, warn_only=not devices.on_cpu)
     env: Environment = build(cfg.env)
     text = env.observation_kind == "text"
     check_compatible(env, choices, classes, used)
@@ -311,13 +320,24 @@ def run_pipeline(cfg: DictConfig, choices: dict[str, str], output_dir: Path, swe
     inputs = {"reward": ("preference", "env"), "policy": ("reward", "env")}
     settings.suspects = {stage.name: _suspects(cfg, roots.get(stage.name, (f"recipe.{stage.name}",)),
                                                inputs.get(stage.name, ("env",))) for stage in stages}
-    return _run(cfg, stages, settings, tracker, Artifacts(reward=reward, policy=start_policy), choices, name,
-                sweep_dir, overrides, init_tags, resuming)
+    artifacts = Artifacts(reward=reward, policy=start_policy)
+
+    def context(stage: Stage, s: Settings) -> RunContext:
+        resume_file = settings.checkpoints / "resume" / f"{stage.name}.ckpt"  # (a follower's too: rank 0's)
+        return RunContext(seed=int(cfg.seed), output_dir=s.checkpoints.parent, tracker=tracker, progress=cfg.progress,
+                          checkpoint=Checkpointing(resume_file, int(cfg.checkpoint.every), resume=resuming),
+                          stage=stage.name, suspects=settings.suspects.get(stage.name, ()), name=name,
+                          devices=devices, data_parallel=stage.data_parallel)
+
+    if rank() > 0:  # a follower of a data-parallel run: the data-parallel stages' fits with rank 0, nothing else
+        return follow(stages, settings, artifacts, context, lambda: RunState.load(settings.checkpoints))
+    return _run(cfg, stages, settings, tracker, artifacts, context, choices, name, sweep_dir, overrides, init_tags,
+                resuming)
 
 
 def _run(cfg: DictConfig, stages: list[Stage], s: Settings, tracker: Tracker, artifacts: Artifacts,
-         choices: dict[str, str], name: str, sweep_dir: Path | None, overrides: list[str], init_tags: dict[str, str],
-         resuming: bool) -> dict[str, float]:
+         context: Callable[[Stage, Settings], RunContext], choices: dict[str, str], name: str,
+         sweep_dir: Path | None, overrides: list[str], init_tags: dict[str, str], resuming: bool) -> dict[str, float]:
     output_dir = s.checkpoints.parent
     s.checkpoints.mkdir(parents=True, exist_ok=True)
     tags = ({f"choice.{g}": choices[g] for g in GROUPS} | ({"overrides": " ".join(overrides)} if overrides else {})
@@ -354,15 +374,13 @@ def _run(cfg: DictConfig, stages: list[Stage], s: Settings, tracker: Tracker, ar
                     tracker.restore_history(state.history)
                     restore = False
                 log.info("stage %d/%d: %s (%s)", k + 1, len(stages), stage.name, stage.describe())
-                resume_file = s.checkpoints / "resume" / f"{stage.name}.ckpt"
-                stage.run(artifacts, s, RunContext(
-                    seed=int(cfg.seed), output_dir=output_dir, tracker=tracker, progress=cfg.progress,
-                    checkpoint=Checkpointing(resume_file, int(cfg.checkpoint.every), resume=resuming),
-                    stage=stage.name, suspects=s.suspects.get(stage.name, ()), name=name))
+                run = context(stage, s)
+                stage.run(artifacts, s, run)
                 state.finished.append(stage.name)
                 state.rng, state.history = rng_state(), {key: list(v) for key, v in tracker.history.items()}
                 state.save(s.checkpoints)
-                resume_file.unlink(missing_ok=True)
+                assert run.checkpoint is not None
+                run.checkpoint.path.unlink(missing_ok=True)
             if restore:  # every stage had finished before
                 tracker.restore_history(state.history)
             if (s.checkpoints / "resume").is_dir() and not any((s.checkpoints / "resume").iterdir()):
@@ -427,7 +445,7 @@ def hydra_context() -> dict:
     multirun, the sweep folder and job number; the command line's overrides."""
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
-    return {"choices": {g: str(hc.runtime.choices.get(g)) for g in (*GROUPS, "experiment", "budget")},
+    return {"choices": {g: str(hc.runtime.choices.get(g)) for g in (*GROUPS, "experiment", "budget", "trainer")},
             "output_dir": Path(hc.runtime.output_dir),
             "sweep_dir": Path(hc.sweep.dir) if multirun else None,
             "job": int(hc.job.num) if multirun else None,

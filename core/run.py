@@ -18,7 +18,7 @@ import random
 import sys
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,9 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from core import signals
 from core.artifacts import replace_atomically
+from core.devices import Devices
 from core.errors import NonFiniteError
+from core.schema import ConfigError
 from core.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,8 @@ for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.acceler
 warnings.filterwarnings("ignore", message=".*does not have many workers.*")
 warnings.filterwarnings("ignore", message=".*`training_step` returned `None`.*")  # PPO's target_kl skip
 warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
+# Validation is whole on every process of a data-parallel fit (core/devices.py): its metrics agree without syncing.
+warnings.filterwarnings("ignore", message=".*when logging on epoch level in distributed setting.*")
 # A frozen reference model or a pretrained backbone in eval mode inside a training module is rexlab's intent.
 warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode at the start of training.*")
 
@@ -94,7 +98,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
 # ---------------------------------------------------------------- data order that survives a restart
 class ResumableSampler(Sampler[int]):
     """Indices 0..n-1, each epoch in a fresh random order (shuffle) or in order, that can start an epoch
-    part-way after a restart.
+    part-way after a restart. split: in a data-parallel fit, each process takes every world-th index of the
+    epoch's order from its rank on (the last n % world dropped, so that every process takes as many steps), so
+    that their batches together are one process's batch of world times the size (None: when shuffling).
 
     The random order is drawn exactly as torch's RandomSampler draws it (a seed from the global torch
     generator when the epoch's first index is taken, then randperm), so a run's random stream is the same
@@ -102,14 +108,21 @@ class ResumableSampler(Sampler[int]):
     after `load_state_dict`, the next epoch is that one, without the indices already taken.
     """
 
-    def __init__(self, n: int, shuffle: bool = True) -> None:
+    def __init__(self, n: int, shuffle: bool = True, split: bool | None = None) -> None:
         self.n, self.shuffle = n, shuffle
+        self.split = shuffle if split is None else split
         self.seed: int | None = None
         self.taken = 0
         self._resume: tuple[int | None, int] | None = None
 
+    def _share(self) -> tuple[int, int]:
+        """(rank, world size) of this process in a data-parallel fit, else (0, 1)."""
+        if self.split and torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_rank(), torch.distributed.get_world_size()
+        return 0, 1
+
     def __len__(self) -> int:
-        return self.n
+        return self.n // self._share()[1]
 
     def __iter__(self) -> Iterator[int]:
         if self._resume is not None:
@@ -120,6 +133,9 @@ class ResumableSampler(Sampler[int]):
         self.seed, self.taken = seed, skip
         order = (torch.randperm(self.n, generator=torch.Generator().manual_seed(seed)).tolist() if seed is not None
                  else list(range(self.n)))
+        rank, world = self._share()
+        if world > 1:
+            order = order[:len(self) * world][rank::world]
         for index in order[skip:]:
             self.taken += 1
             yield index
@@ -136,8 +152,8 @@ class ResumableLoader(DataLoader):
     state_dict interface of Lightning's resumable loaders). `batch_size=None` yields single indices."""
 
     def __init__(self, dataset: Dataset | range, batch_size: int | None, shuffle: bool = True,
-                 **kwargs: Any) -> None:
-        self.resumable = ResumableSampler(len(dataset), shuffle)  # type: ignore[arg-type]
+                 split: bool | None = None, **kwargs: Any) -> None:
+        self.resumable = ResumableSampler(len(dataset), shuffle, split)  # type: ignore[arg-type]
         super().__init__(dataset, batch_size=batch_size, sampler=self.resumable, **kwargs)  # type: ignore[arg-type]
 
     def state_dict(self) -> dict[str, Any]:
@@ -268,7 +284,11 @@ class StageCheckpoint(Callback):
             raise signals.Interrupted(stop)
 
     def save(self, trainer: L.Trainer) -> None:
-        replace_atomically(self.path, lambda partial: trainer.save_checkpoint(partial, weights_only=False))
+        """Every process of a data-parallel fit takes part (Lightning's save synchronises them); rank 0 writes."""
+        if trainer.is_global_zero:
+            replace_atomically(self.path, lambda partial: trainer.save_checkpoint(partial, weights_only=False))
+        else:
+            trainer.save_checkpoint(self.path, weights_only=False)  # (writes nothing off rank 0)
 
     def state_dict(self) -> dict[str, Any]:
         return {"rng": rng_state(), "history": {k: list(v) for k, v in self.tracker.history.items()}}
@@ -300,7 +320,9 @@ class RunContext:
     checkpoint: how the stage's own fit checkpoints (None: it does not; `nested()` and `shifted()` drop it,
     so only one fit of a stage, its main one, writes and reads the stage's checkpoint). stage: the stage's
     name; suspects: `key=value` of its config keys most likely at fault when its numbers go non-finite
-    (learning rates, input files); name: the run's name (for plot titles)."""
+    (learning rates, input files); name: the run's name (for plot titles). devices: the accelerator, strategy
+    and precision of the fits (trainer=...); data_parallel: the stage's own fit is plain supervised learning
+    that may run with the data-parallel strategy over every device (nested fits run on one device)."""
 
     seed: int
     output_dir: Path
@@ -312,6 +334,8 @@ class RunContext:
     stage: str = ""
     suspects: tuple[str, ...] = ()
     name: str = ""
+    devices: Devices = field(default_factory=Devices)
+    data_parallel: bool = False
 
     def scoped(self, **rename: str) -> RunContext:
         """The same context with metric namespaces renamed, e.g. scoped(train="learner") for the learner
@@ -320,11 +344,24 @@ class RunContext:
 
     def shifted(self, step_offset: int) -> RunContext:
         """A nested fit's context with `step_offset` added to the steps of everything it logs."""
-        return replace(self, step_offset=step_offset, checkpoint=None)
+        return replace(self, step_offset=step_offset, checkpoint=None, data_parallel=False)
 
     def nested(self) -> RunContext:
         """The context for a fit inside the stage's own work (it does not checkpoint the stage)."""
-        return replace(self, checkpoint=None)
+        return replace(self, checkpoint=None, data_parallel=False)
+
+    @property
+    def processes(self) -> int:
+        """The processes the stage's own fit runs in (several: a data-parallel stage with trainer=ddp|fsdp)."""
+        return self.devices.devices if self.data_parallel and self.checkpoint is not None and self.devices.distributed \
+            else 1
+
+    def per_process(self, batch_size: int) -> int:
+        """Each process's share of a fit's batch: a plugin's batch_size is the global batch, whatever the devices."""
+        if batch_size % self.processes:
+            raise ConfigError(f"stage '{self.stage}': its batch_size ({batch_size}) cannot be split evenly over "
+                              f"trainer.devices={self.processes} processes; make it a multiple of {self.processes}")
+        return batch_size // self.processes
 
     def non_finite(self, quantity: str, step: int) -> None:
         """Stop the stage: `quantity` (e.g. "the PPO loss (nan)") went non-finite at `step`."""
@@ -339,8 +376,9 @@ class RunContext:
                                  step + self.step_offset)
 
     def trainer(self, max_steps: int, unit: str = "training steps", **kwargs: Any) -> L.Trainer:
-        """A CPU Trainer that logs to the tracker and, for the stage's own fit, checkpoints it. unit: what one
-        of its steps is, for the progress bar (e.g. "PPO iterations of 256 env steps")."""
+        """A Trainer on the run's devices (trainer=...) that logs to the tracker and, for the stage's own fit,
+        checkpoints it. unit: what one of its steps is, for the progress bar (e.g. "PPO iterations of 256 env
+        steps")."""
         callbacks: list[Callback] = [FiniteGuard(self), SignalsFirst()]
         if self.progress:  # about 100 redraws per fit: enough to watch, few enough for a CI log
             label = f"{self.stage}: {unit}" if self.stage else unit
@@ -348,10 +386,12 @@ class RunContext:
         if self.checkpoint is not None:
             callbacks.append(StageCheckpoint(self.checkpoint, self.tracker))
         settings: dict[str, Any] = dict(
-            accelerator="cpu", devices=1, max_steps=max_steps, max_epochs=-1,
+            **self.devices.fit_settings(self.data_parallel and self.checkpoint is not None),
+            use_distributed_sampler=False,  # ResumableLoader splits the training data itself; validation is whole
+            max_steps=max_steps, max_epochs=-1,
             logger=TrackerLogger(self.tracker, self.rename or {}, self.step_offset), callbacks=callbacks,
             enable_progress_bar=self.progress, enable_checkpointing=False, enable_model_summary=False,
-            deterministic=True, default_root_dir=str(self.output_dir),
+            deterministic=self.devices.deterministic, default_root_dir=str(self.output_dir),
         )
         return L.Trainer(**{**settings, **kwargs})
 

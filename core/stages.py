@@ -77,11 +77,13 @@ class Settings:
 
 
 class Stage(ABC):
-    """name: the stage's name (its artifacts' and checkpoint's); consumes / produces: artifact kinds."""
+    """name: the stage's name (its artifacts' and checkpoint's); consumes / produces: artifact kinds;
+    data_parallel: its work is a fit that every process of a data-parallel run takes part in (trainer=ddp)."""
 
     name: str
     consumes: tuple[str, ...] = ()
     produces: tuple[str, ...] = ()
+    data_parallel: bool = False
 
     @abstractmethod
     def describe(self) -> str:
@@ -145,6 +147,7 @@ class FitReward(Stage):
     def __init__(self, reward: RewardModel, target: str, init: Path | None = None, init_name: str = "") -> None:
         self.reward, self.target, self.init, self.init_name = reward, target, init, init_name
         caps = type(reward).capabilities
+        self.data_parallel = caps.data_parallel and init is None
         self.consumes = () if init is not None else (PREFERENCES,) + ((DEMONSTRATIONS,) if caps.needs_demonstrations
                                                                       else ())
 
@@ -175,6 +178,7 @@ class Optimize(Stage):
                  online: PreferenceSource | None = None, reward_target: str = "") -> None:
         self.optimizer, self.name, self.online, self.reward_target = optimizer, name, online, reward_target
         caps = type(optimizer).capabilities
+        self.data_parallel = caps.data_parallel and online is None
         self.consumes = ((DEMONSTRATIONS,) if caps.needs_demonstrations else ()) + ((REWARD,) if uses_reward else ())
         self.produces = (LANGUAGE_MODEL if text else POLICY,)
 

@@ -8,13 +8,14 @@ from hydra.utils import instantiate
 
 from core.cli import quote_bool_choices
 from core.compat import CONF_DIR, IncompatibleError, check_fields, options_of
+from core.devices import Devices
 from core.interfaces import Environment, Optimizer, PreferenceSource, RewardModel
 from core.pipeline import plugin_node
 from core.tracking import Tracker
 from tests.conftest import compose_config
 
 KINDS = {"env": Environment, "reward": RewardModel, "preference": PreferenceSource, "policy": Optimizer,
-         "tracking": Tracker}
+         "tracking": Tracker, "trainer": Devices}
 
 
 def all_options() -> list[tuple[str, str]]:
@@ -75,7 +76,7 @@ def test_every_group_has_the_options_design_names() -> None:
                          "preference": {"learner_checkpoints", "ranked_demos", "noise_injection", "synthetic", "file",
                                         "reference_samples"},
                          "policy": {"ppo", "bc", "sft", "pretrain"},
-                         "tracking": {"mlflow", "none"}}.items():
+                         "tracking": {"mlflow", "none"}, "trainer": {"cpu", "gpu", "ddp", "fsdp"}}.items():
         assert names <= set(options_of(group)), group
 
 

@@ -57,7 +57,7 @@ class BCModule(L.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, stats = bc_loss(self.policy, *batch, self.ent_weight, self.l2_weight)
-        self.log("bc/train_loss", stats["nll"], prog_bar=True)
+        self.log("bc/train_loss", stats["nll"], prog_bar=True, sync_dist=True)
         self.log("bc/entropy", stats["entropy"])
         return loss
 
@@ -75,7 +75,7 @@ class BehavioralCloning(Optimizer):
 
     capabilities = Capabilities(observations=frozenset({"vector", "image"}),
                                 actions=frozenset({"discrete", "continuous"}), needs_demonstrations=True,
-                                uses_reward=False)
+                                uses_reward=False, data_parallel=True)
 
     def __init__(self, epochs: PositiveInt = 10, batch_size: PositiveInt = 32, lr: LearningRate = 1e-3,
                  ent_weight: NonNegative = 1e-3, l2_weight: NonNegative = 0.0,
@@ -109,7 +109,7 @@ class BehavioralCloning(Optimizer):
         n_val = max(1, int(len(obs) * self.val_fraction))
         val, train = order[:n_val], order[n_val:]
         module = BCModule(policy, TensorDataset(obs[train], actions[train]), TensorDataset(obs[val], actions[val]),
-                          self.lr, self.batch_size, self.ent_weight, self.l2_weight)
+                          self.lr, run.per_process(self.batch_size), self.ent_weight, self.l2_weight)
         steps = math.ceil(len(train) / self.batch_size) * self.epochs
         trainer = run.trainer(max_steps=steps, max_epochs=self.epochs, log_every_n_steps=max(1, min(50, steps // 50)),
                               num_sanity_val_steps=0, unit=f"BC batches of {self.batch_size} (state, action) pairs")

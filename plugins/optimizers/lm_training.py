@@ -124,7 +124,7 @@ class CausalLMModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self._loss(batch)
-        self.log(f"{self.prefix}/train_loss", loss, prog_bar=True, batch_size=len(batch["input_ids"]))
+        self.log(f"{self.prefix}/train_loss", loss, prog_bar=True, batch_size=len(batch["input_ids"]), sync_dist=True)
         return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
@@ -141,7 +141,8 @@ class CausalLMModule(L.LightningModule):
 class CausalLMTraining(Optimizer):
     """Shared by policy=pretrain and policy=sft: fields documented in conf/policy/<option>.yaml."""
 
-    capabilities = Capabilities(observations=frozenset({"text"}), actions=frozenset({"token"}), uses_reward=False)
+    capabilities = Capabilities(observations=frozenset({"text"}), actions=frozenset({"token"}), uses_reward=False,
+                                data_parallel=True)
     prefix = "lm"
     bundled = CORPUS
     unit = "examples"
@@ -173,7 +174,7 @@ class CausalLMTraining(Optimizer):
         n_val = min(len(data) - 1, max(1, round(len(data) * self.val_fraction)))
         val, train = [data[k] for k in order[:n_val]], [data[k] for k in order[n_val:]]
         steps = math.ceil(len(train) / self.batch_size) * self.epochs
-        module = CausalLMModule(policy, train, val, self.prefix, self.lr, self.batch_size, steps)
+        module = CausalLMModule(policy, train, val, self.prefix, self.lr, run.per_process(self.batch_size), steps)
         trainer = run.trainer(max_steps=steps, max_epochs=self.epochs, log_every_n_steps=1, num_sanity_val_steps=0,
                               unit=f"{self.prefix} batches of {self.batch_size} {self.unit}")
         trainer.validate(module, verbose=False)  # the untrained model's held-out loss, the start of the curve

@@ -70,7 +70,7 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, dones: torch.Tensor, last_v
     on the inputs' device, without gradient (they are targets). The backward recursion runs in NumPy:
     T steps on (N,) rows, where torch's per-call cost would dominate; same dtype, same results.
     """
-    r, v, d, last = (x.detach().cpu().numpy() for x in (rewards, values, dones, last_value))
+    r, v, d, last = (x.detach().float().cpu().numpy() for x in (rewards, values, dones, last_value))
     advantages = np.zeros_like(r)
     last_gae = np.zeros_like(last)
     for t in reversed(range(r.shape[0])):

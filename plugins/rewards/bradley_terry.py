@@ -201,7 +201,7 @@ class BradleyTerryModule(L.LightningModule):
         scores = self.net(batch["input_ids"], batch["attention_mask"])
         pairs = batch["pairs"]
         loss = bradley_terry_loss(scores[pairs[:, 0]], scores[pairs[:, 1]], batch["weights"])
-        self.log("reward/train_loss", loss, prog_bar=True, batch_size=len(pairs))
+        self.log("reward/train_loss", loss, prog_bar=True, batch_size=len(pairs), sync_dist=True)
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
@@ -229,7 +229,8 @@ class BradleyTerry(RewardModel):
     (N, 2) of strings, rows (prompt, response), and returns the same scores.
     """
 
-    capabilities = Capabilities(observations=frozenset({"text"}), actions=frozenset({"token"}), needs_preferences=True)
+    capabilities = Capabilities(observations=frozenset({"text"}), actions=frozenset({"token"}), needs_preferences=True,
+                                data_parallel=True)
 
     def __init__(self, model: str = MINILM, pooling: Literal["mean", "last"] = "mean", max_length: PositiveInt = 256,
                  lr: LearningRate = 1e-4, weight_decay: NonNegative = 0.0, batch_size: PositiveInt = 16,
@@ -266,8 +267,8 @@ class BradleyTerry(RewardModel):
         steps_per_epoch = math.ceil(len(train) / self.batch_size)
         total = steps_per_epoch * self.epochs
         collate_fn = partial(collate, encodings=encodings, pad_id=int(self.tokenizer.pad_token_id))
-        module = BradleyTerryModule(self.net, train, val, collate_fn, self.lr, self.weight_decay, self.batch_size,
-                                    total)
+        module = BradleyTerryModule(self.net, train, val, collate_fn, self.lr, self.weight_decay,
+                                    run.per_process(self.batch_size), total)
         trainer = run.trainer(
             max_steps=total, max_epochs=self.epochs, limit_val_batches=1.0 if val else 0,
             unit=f"reward model batches of {self.batch_size} rankings",

@@ -27,7 +27,7 @@ class DREX(TREX):
 
     capabilities = Capabilities(observations=frozenset({"vector", "image"}),
                                 actions=frozenset({"discrete", "continuous"}),
-                                needs_preferences=True, needs_demonstrations=True,
+                                needs_preferences=True, needs_demonstrations=True, data_parallel=True,
                                 requires=(("cloner", "needs_demonstrations", "policy"),),
                                 notes=("reward=trex preference=noise_injection is D-REX with the noise ranking "
                                        "as its own stage.",))

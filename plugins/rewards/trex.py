@@ -176,7 +176,7 @@ class TREXModule(L.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = ranking_loss(snippet_returns(self.net, *batch))
-        self.log("reward/train_loss", loss / self.net.members, prog_bar=True)
+        self.log("reward/train_loss", loss / self.net.members, prog_bar=True, sync_dist=True)
         return loss
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
@@ -230,6 +230,7 @@ class TREX(RewardModel):
     """reward=trex. Fields documented in conf/reward/trex.yaml."""
 
     capabilities = Capabilities(observations=frozenset({"vector", "image"}), needs_preferences=True, refits=True,
+                                data_parallel=True,
                                 notes=("For text, reward=bradley_terry is T-REX's loss on whole ranked responses "
                                        "(a ranking of K responses gives its K choose 2 pairs).",))
 
@@ -275,7 +276,8 @@ class TREX(RewardModel):
         max_len = int(max(train_specs[..., 4].max(), val_specs[:, 4].max()))
         train = SnippetPairs(obs, train_specs, max_len, self.frame_stride)
         val = SnippetPairs(obs, np.repeat(val_specs[None], self.ensemble_size, 0), max_len, self.frame_stride)
-        module = TREXModule(self.net, train, val, prefs.items, obs, self.lr, self.weight_decay, self.batch_size)
+        module = TREXModule(self.net, train, val, prefs.items, obs, self.lr, self.weight_decay,
+                            run.per_process(self.batch_size))
         steps_per_epoch = math.ceil(self.num_pairs / self.batch_size)
         trainer = run.trainer(max_steps=steps_per_epoch * self.epochs, max_epochs=self.epochs,
                               unit=f"T-REX batches of {self.batch_size} snippet pair(s) x {self.ensemble_size} net(s)",

@@ -1,0 +1,37 @@
+"""The trainer group's Devices: Lightning's settings for data-parallel and other fits, and each job's threads."""
+
+from __future__ import annotations
+
+import pytest
+
+from core.devices import Devices, available_cores
+from tests.conftest import compose_config
+
+
+def test_only_a_stage_s_data_parallel_fit_gets_the_strategy_and_every_device() -> None:
+    ddp = Devices(accelerator="cpu", devices=2, strategy="ddp")
+    spread, single = ddp.fit_settings(data_parallel=True), ddp.fit_settings(data_parallel=False)
+    assert spread["devices"] == 2 and type(spread["strategy"]).__name__ == "DDPStrategy"
+    assert spread["strategy"].process_group_backend == "gloo"  # on the CPU
+    assert single == {"accelerator": "cpu", "devices": 1, "precision": "32"}  # PPO: one device
+    assert Devices().fit_settings(True) == single and not Devices().distributed
+    assert Devices(accelerator="cpu").deterministic is True and Devices(accelerator="gpu").deterministic == "warn"
+
+
+def test_threads_come_from_the_setting_then_omp_num_threads_then_the_job_s_share_of_the_cores(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Devices(threads=3).thread_count() == 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert Devices().thread_count() == 1
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert Devices().thread_count() == available_cores()  # one job alone
+    assert Devices(accelerator="cpu", devices=2, strategy="ddp").thread_count() == max(1, available_cores() // 2)
+    assert Devices(accelerator="gpu", devices=2, strategy="ddp").thread_count() == available_cores()
+
+
+def test_the_trainer_options_compose_with_their_documented_defaults() -> None:
+    assert compose_config().trainer.accelerator == "cpu"
+    ddp = compose_config("trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2").trainer
+    assert (ddp.strategy, ddp.devices, ddp.accelerator, str(ddp.precision)) == ("ddp", 2, "cpu", "32")
+    assert compose_config("trainer=fsdp").trainer.strategy == "fsdp"
+    assert compose_config("trainer=gpu").trainer.accelerator == "gpu"
