@@ -249,6 +249,11 @@ class RewardModel(ABC):
         """Restore a model `save` wrote into `folder`, in an instance built from the same config."""
         self.load_state_dict(torch.load(folder / "reward.pt", weights_only=False))
 
+    def to(self, device: torch.device | str) -> RewardModel:
+        """Put the network that scores (if any) on `device` (an optimizer's, while it trains against this
+        reward); `reward` and `score` still take and return NumPy. Default: nothing to move."""
+        return self
+
 
 @runtime_checkable
 class EnsembleReward(Protocol):

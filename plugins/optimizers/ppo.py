@@ -206,10 +206,11 @@ class PPOModule(L.LightningModule):
                 group["lr"] = (1.0 - iteration / self.num_iterations) * hp.learning_rate
         obs_shape = tuple(self.env.observation_space.shape or ())
         raw_obs = np.zeros((T, N, *obs_shape), dtype=np.asarray(self.next_obs).dtype)  # uint8 frames stay small
-        obs = torch.zeros((T, N, int(np.prod(obs_shape))))
-        actions, logprobs, values = [], torch.zeros(T, N), torch.zeros(T, N)
+        device = self.device  # the buffers on the network's; environments and rewards in NumPy on the CPU
+        obs = torch.zeros((T, N, int(np.prod(obs_shape))), device=device)
+        actions, logprobs, values = [], torch.zeros(T, N, device=device), torch.zeros(T, N, device=device)
         true_rewards, dones = np.zeros((T, N), dtype=np.float32), np.zeros((T, N), dtype=bool)
-        bootstrap = torch.zeros(T, N)  # value of the final observation of truncated episodes
+        bootstrap = torch.zeros(T, N, device=device)  # value of the final observation of truncated episodes
         t0 = time.time()
         for t in range(T):
             raw_obs[t] = self.next_obs
@@ -224,7 +225,7 @@ class PPOModule(L.LightningModule):
             cut = truncated & ~terminated  # a time limit, not a real end: bootstrap from the final state
             if cut.any():
                 final = np.stack([infos["final_obs"][i] for i in np.flatnonzero(cut)])
-                bootstrap[t, torch.as_tensor(cut)] = policy.value(policy.normalize(final))
+                bootstrap[t, torch.as_tensor(cut, device=device)] = policy.value(policy.normalize(final))
         self.env_steps += T * N
         learned = None if self.reward_model.uses_env_reward else (
             self.reward_model.reward(raw_obs.reshape(T * N, *raw_obs.shape[2:])).reshape(T, N))
@@ -236,9 +237,9 @@ class PPOModule(L.LightningModule):
             rewards = np.clip(rewards, -hp.clip_reward, hp.clip_reward)
         if self.scaler is not None:
             rewards = self.scaler(rewards, dones)
-        rewards_t = torch.as_tensor(rewards) + hp.gamma * bootstrap
+        rewards_t = torch.as_tensor(rewards, device=device) + hp.gamma * bootstrap
         last_value = policy.value(policy.normalize(self.next_obs))
-        adv, ret = gae(rewards_t, values, torch.as_tensor(dones, dtype=torch.float32), last_value,
+        adv, ret = gae(rewards_t, values, torch.as_tensor(dones, dtype=torch.float32, device=device), last_value,
                        hp.gamma, hp.gae_lambda)
         self.buffer = {"obs": obs.reshape(T * N, -1),
                        "actions": torch.stack(actions).reshape(T * N, *actions[0].shape[1:]),
@@ -284,7 +285,7 @@ class PPOModule(L.LightningModule):
             return
         skip_rest, last, size = False, self.updates_per_iteration - 1, self.minibatch_size
         for epoch in range(hp.update_epochs):
-            order = torch.randperm(self.batch_size)  # drawn for every epoch, even after a target_kl stop
+            order = torch.randperm(self.batch_size).to(self.device)  # drawn every epoch, even after a target_kl stop
             shuffled = {k: v[order] for k, v in self.buffer.items()}
             for mb in range(hp.num_minibatches):
                 if skip_rest:

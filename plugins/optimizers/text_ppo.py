@@ -184,6 +184,12 @@ class TextPPOModule(L.LightningModule):
         if isinstance(self.callback, IterationCallback):
             self.callback.load_state_dict(state["callback"])
 
+    def on_fit_start(self) -> None:
+        self.reward_model.to(self.device)  # scored where the policy generates
+
+    def on_fit_end(self) -> None:
+        self.reward_model.to("cpu")  # as Lightning puts the policy back
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
         params = [p for p in self.policy.parameters() if p.requires_grad]
         return torch.optim.Adam(params, lr=self.hp.learning_rate, eps=1e-5)
@@ -205,7 +211,7 @@ class TextPPOModule(L.LightningModule):
         generate_time = time.time() - t0
         gold = self.env.gold(prompts, texts)
         learned = None if self.reward_model.uses_env_reward else self.reward_model.score(prompts, texts)
-        raw = torch.as_tensor(gold if learned is None else learned, dtype=torch.float32)
+        raw = torch.as_tensor(gold if learned is None else learned, dtype=torch.float32, device=self.device)
         if not bool(torch.isfinite(raw).all()):
             self.run.non_finite("the reward model's scores of the responses", self.env_steps)
         if hp.normalize_reward and iteration == 0:  # the reference's samples: fix gain and bias

@@ -67,7 +67,8 @@ class CNNActorCritic(ActorCriticBase):
         self.critic = _init(nn.Linear(512, 1), 1.0)
 
     def normalize(self, obs: np.ndarray | torch.Tensor, update: bool = False) -> torch.Tensor:
-        return torch.as_tensor(np.asarray(obs)).reshape(len(obs), -1).float() / 255.0
+        frames = torch.as_tensor(np.asarray(obs), device=self.device)  # uint8 to the device: 4x less to copy
+        return frames.reshape(len(obs), -1).float() / 255.0
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.torso(x.reshape(-1, *self.frame_shape))

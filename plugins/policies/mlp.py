@@ -73,14 +73,19 @@ class ActorCriticBase(nn.Module, Policy):
 
     Discrete actions: Categorical over logits (N, A). Continuous: diagonal Gaussian with a
     state-independent log std, actions (N, A) clipped to the space's bounds when acting.
-    Subclasses turn raw observations into the network's input (`normalize`) and that input into
-    action-head outputs (`head`, (N, A)) and values (`value`, (N,)).
+    Subclasses turn raw observations (NumPy, on the CPU) into the network's input on the network's device
+    (`normalize`) and that input into action-head outputs (`head`, (N, A)) and values (`value`, (N,)).
     """
 
     low: torch.Tensor
     high: torch.Tensor
     architecture: dict[str, Any]
     """What rebuilds the network besides the task's spaces (hidden sizes, activation, ...), saved with it."""
+
+    @property
+    def device(self) -> torch.device:
+        """Where the network is (the input `normalize` makes goes there)."""
+        return next(self.parameters()).device
 
     def __init__(self, action_space: gym.Space) -> None:
         super().__init__()
@@ -172,12 +177,12 @@ class ActorCritic(ActorCriticBase):
     def normalize(self, obs: np.ndarray | torch.Tensor, update: bool = False) -> torch.Tensor:
         x = np.asarray(obs, dtype=np.float32).reshape(len(obs), -1)
         if self.obs_rms is None:
-            return torch.from_numpy(x)
+            return torch.from_numpy(x).to(self.device)
         if update:
             self.obs_rms.update(x)
         # NumPy for the same reason as RunningMeanStd.update, in float32 like the network
         mean, var = self.obs_rms.mean.numpy().astype(np.float32), self.obs_rms.var.numpy().astype(np.float32)
-        return torch.from_numpy(np.clip((x - mean) / np.sqrt(var + np.float32(1e-8)), -10.0, 10.0))
+        return torch.from_numpy(np.clip((x - mean) / np.sqrt(var + np.float32(1e-8)), -10.0, 10.0)).to(self.device)
 
     def fit_normalization(self, obs: np.ndarray) -> None:
         if self.obs_rms is not None:

@@ -70,6 +70,13 @@ class Rollout:
     def select(self, rows: torch.Tensor) -> Rollout:
         return Rollout(self.query[rows], self.query_mask[rows], self.response[rows], self.response_mask[rows])
 
+    def to(self, device: torch.device) -> Rollout:
+        """The same rollout on `device` (itself where it is there already)."""
+        if self.query.device == device:
+            return self
+        return Rollout(self.query.to(device), self.query_mask.to(device), self.response.to(device),
+                       self.response_mask.to(device))
+
 
 def _decoder_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
     """The transformer body and the vocabulary projection of a causal LM (inside any peft wrapper)."""
@@ -126,10 +133,15 @@ class TextPolicy(LanguagePolicy, nn.Module):
         if not self.has_reference:
             raise RuntimeError("this text policy keeps no reference model")
         if self._frozen:
-            yield self._frozen[0]
+            yield self._frozen[0].to(self.device)  # (not a submodule: it follows the policy's device when used)
         else:
             with self.lm.disable_adapter():
                 yield self.lm
+
+    @property
+    def device(self) -> torch.device:
+        """Where the language model is: generation and scoring run there, their results stay there."""
+        return next(self.lm.parameters()).device
 
     # ------------------------------------------------------------ text <-> tokens
     def encode(self, prompts: Sequence[str]) -> list[list[int]]:
@@ -161,11 +173,12 @@ class TextPolicy(LanguagePolicy, nn.Module):
     def generate(self, queries: Sequence[Sequence[int]], generator: torch.Generator | None = None,
                  reference: bool = False, deterministic: bool = False) -> Rollout:
         """Sample a response (at most max_new_tokens, ending at EOS) to each prompt (token ids)."""
-        query, query_mask = self.left_pad(queries)
+        device = self.device
+        query, query_mask = (x.to(device) for x in self.left_pad(queries))
         B, T = len(queries), self.max_new_tokens
-        response = torch.full((B, T), self.pad_id, dtype=torch.long)
-        alive = torch.ones(B, dtype=torch.bool)
-        lengths = torch.zeros(B, dtype=torch.long)
+        response = torch.full((B, T), self.pad_id, dtype=torch.long, device=device)
+        alive = torch.ones(B, dtype=torch.bool, device=device)
+        lengths = torch.zeros(B, dtype=torch.long, device=device)
         with self._network(reference) as net:
             mask, ids = query_mask, query
             positions = (mask.cumsum(-1) - 1).clamp_min(0)
@@ -175,10 +188,7 @@ class TextPolicy(LanguagePolicy, nn.Module):
                           use_cache=True)
                 cache = out.past_key_values
                 logits = out.logits[:, -1].float() / self.temperature
-                if deterministic:
-                    token = logits.argmax(-1)
-                else:
-                    token = torch.multinomial(torch.softmax(logits, -1), 1, generator=generator).squeeze(-1)
+                token = logits.argmax(-1) if deterministic else sample_tokens(torch.softmax(logits, -1), generator)
                 token = torch.where(alive, token, torch.full_like(token, self.pad_id))
                 response[:, t] = token
                 lengths += alive.long()
@@ -186,9 +196,9 @@ class TextPolicy(LanguagePolicy, nn.Module):
                 if not alive.any():
                     break
                 ids = token[:, None]
-                mask = torch.cat([mask, torch.ones(B, 1, dtype=mask.dtype)], 1)
+                mask = torch.cat([mask, torch.ones(B, 1, dtype=mask.dtype, device=device)], 1)
                 positions = positions[:, -1:] + 1
-        response_mask = (torch.arange(T)[None, :] < lengths[:, None]).long()
+        response_mask = (torch.arange(T, device=device)[None, :] < lengths[:, None]).long()
         return Rollout(query, query_mask, response, response_mask)
 
     @contextmanager
@@ -213,14 +223,14 @@ class TextPolicy(LanguagePolicy, nn.Module):
         return rollout, self.decode(rollout)
 
     def response_lengths(self, sampled: Rollout) -> np.ndarray:
-        return sampled.response_mask.sum(1).numpy()
+        return sampled.response_mask.sum(1).cpu().numpy()
 
     @torch.no_grad()
     def log_ratio(self, sampled: Rollout) -> np.ndarray:
         """Summed log pi - log pi_ref of each response's tokens (N,), `batch_size` responses at a time."""
         with self._evaluating():
             return np.concatenate([
-                (self.score_tokens(part)[0] - self.score_tokens(part, reference=True)[0]).sum(1).numpy()
+                (self.score_tokens(part)[0] - self.score_tokens(part, reference=True)[0]).sum(1).cpu().numpy()
                 for part in (sampled.select(torch.arange(k, min(k + self.batch_size, len(sampled))))
                              for k in range(0, len(sampled), self.batch_size))])
 
@@ -228,9 +238,9 @@ class TextPolicy(LanguagePolicy, nn.Module):
     def act(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
         """obs (N, L) token ids of prompt + response so far, right-padded with -1 -> next tokens (N,)."""
         rows = [[int(t) for t in row if t != TOKEN_PAD] for row in np.asarray(obs)]
-        ids, mask = self.left_pad(rows)
+        ids, mask = (x.to(self.device) for x in self.left_pad(rows))
         positions = (mask.cumsum(-1) - 1).clamp_min(0)
-        logits = self.lm(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, -1].float()
+        logits = self.lm(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, -1].float().cpu()
         if deterministic:
             return logits.argmax(-1).numpy()
         return torch.multinomial(torch.softmax(logits / self.temperature, -1), 1).squeeze(-1).numpy()
@@ -239,7 +249,9 @@ class TextPolicy(LanguagePolicy, nn.Module):
     def score_tokens(self, rollout: Rollout, reference: bool = False, values: bool = False
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Per response token (B, T): its log-probability, the entropy of the step's distribution and
-        (values=True, policy only) the value of the state it was taken in; zeros past each end."""
+        (values=True, policy only) the value of the state it was taken in; zeros past each end. On the model's
+        device."""
+        rollout = rollout.to(self.device)
         ids = torch.cat([rollout.query, rollout.response], 1)
         mask = torch.cat([rollout.query_mask, rollout.response_mask], 1)
         positions = (mask.cumsum(-1) - 1).clamp_min(0)
@@ -292,13 +304,21 @@ class TextPolicy(LanguagePolicy, nn.Module):
                 "max_new_tokens": self.max_new_tokens, "temperature": self.temperature, "batch_size": self.batch_size}
 
 
+def sample_tokens(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """One token per row of probs (B, V), drawn with `generator` (on the CPU, whose state a checkpoint keeps: the
+    rows go there to be drawn where the model is elsewhere, so a seed draws the same random numbers on any device)."""
+    if generator is None or generator.device == probs.device:
+        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    return torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1).to(probs.device)
+
+
 def concat_rollouts(parts: list[Rollout], pad_id: int) -> Rollout:
     """Stack rollouts row-wise, left-padding queries and right-padding responses to a common width."""
     Q = max(p.query.shape[1] for p in parts)
     T = max(p.response.shape[1] for p in parts)
 
     def widen(x: torch.Tensor, width: int, value: int, left: bool) -> torch.Tensor:
-        extra = torch.full((x.shape[0], width - x.shape[1]), value, dtype=x.dtype)
+        extra = torch.full((x.shape[0], width - x.shape[1]), value, dtype=x.dtype, device=x.device)
         return torch.cat([extra, x] if left else [x, extra], 1)
 
     return Rollout(torch.cat([widen(p.query, Q, pad_id, True) for p in parts]),

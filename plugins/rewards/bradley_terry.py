@@ -293,8 +293,9 @@ class BradleyTerry(RewardModel):
         assert self.net is not None
         self.net.eval()
         outputs = []
+        device = next(self.net.parameters()).device
         for batch in DataLoader(Groups(groups), batch_size=32, collate_fn=collate_fn):
-            scores = self.net(batch["input_ids"], batch["attention_mask"])
+            scores = self.net(batch["input_ids"].to(device), batch["attention_mask"].to(device)).cpu()
             outputs.append((scores[batch["pairs"][:, 0]], scores[batch["pairs"][:, 1]]))
         loss, accuracy = pair_metrics(outputs)
         return {"reward/val_loss": loss, "reward/val_pair_accuracy": accuracy}
@@ -314,11 +315,16 @@ class BradleyTerry(RewardModel):
     def _raw_scores(self, encodings: list[list[int]]) -> np.ndarray:
         assert self.net is not None and self.tokenizer is not None
         self.net.eval()
-        out = []
+        device, out = next(self.net.parameters()).device, []
         for start in range(0, len(encodings), self.score_batch_size):
             batch = pad(encodings[start : start + self.score_batch_size], int(self.tokenizer.pad_token_id))
-            out.append(self.net(batch["input_ids"], batch["attention_mask"]))
+            out.append(self.net(batch["input_ids"].to(device), batch["attention_mask"].to(device)).float().cpu())
         return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
+
+    def to(self, device: torch.device | str) -> BradleyTerry:
+        if self.net is not None:
+            self.net.to(device)
+        return self
 
     def score(self, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
         """prompts, responses (N,) -> learned reward of each whole response (N,) float32, shifted so that

@@ -89,6 +89,8 @@ def reward_ensemble(members: int, obs_shape: tuple[int, ...], hidden_sizes: Sequ
 
 @torch.no_grad()
 def ensemble_rewards(net: EnsembleMLP | EnsembleCNN, states: torch.Tensor, chunk: int = 2048) -> torch.Tensor:
-    """Every member's reward for shared flat states (S, D) -> (M, S), `chunk` states at a time."""
-    out = [net(part.unsqueeze(0).expand(net.members, -1, -1)) for part in states.split(chunk)]
+    """Every member's reward for shared flat states (S, D) -> (M, S), `chunk` states at a time on the net's
+    device; the result on the CPU."""
+    device = next(net.parameters()).device
+    out = [net(part.to(device).unsqueeze(0).expand(net.members, -1, -1)).cpu() for part in states.split(chunk)]
     return torch.cat(out, 1) if out else torch.zeros(net.members, 0)
