@@ -9,7 +9,7 @@ from omegaconf import DictConfig
 from core.cli import add_variant_keys, quote_bool_choices
 from core.errors import NamedError
 from core.pipeline import hydra_context, run_pipeline
-from core.signals import Interrupted
+from core.signals import Interrupted, requeue_handler
 
 log = logging.getLogger("rexlab")
 
@@ -20,6 +20,9 @@ def main(cfg: DictConfig) -> float:
     try:
         metrics = run_pipeline(cfg, **context)
     except Interrupted as stop:  # SIGTERM / SIGINT: checkpointed, the run marked KILLED, the resume command printed
+        requeue = requeue_handler(stop.signum)
+        if requeue is not None:  # submitit's preemption handler: it requeues the job, which continues the run
+            requeue(stop.signum, None)
         sys.exit(stop.exit_code)
     except Exception as err:  # into the job's main.log as well as on the console
         if isinstance(err, NamedError):

@@ -244,15 +244,21 @@ def run_pipeline(cfg: DictConfig, choices: dict[str, str], output_dir: Path, swe
     devices.apply_threads()
     tracker: Tracker = build(cfg.tracking)
 
-    resuming = cfg.get("resume") is not None
+    # A sweep's job whose folder holds a run already is a requeued one (submitit, after a preemption): it goes on.
+    requeued = cfg.get("resume") is None and sweep_dir is not None and (output_dir / "checkpoints" / STATE).is_file()
+    resuming = cfg.get("resume") is not None or requeued
     if resuming:
-        output_dir = _locate(str(cfg.resume), tracker, "resume")
+        if requeued:
+            log.info("%s holds this job's run from before (a requeued job): it continues", output_dir)
+        else:
+            output_dir = _locate(str(cfg.resume), tracker, "resume")
+        what = f"resume={cfg.resume}" if not requeued else f"the requeued job in {output_dir}"
         if not (output_dir / "checkpoints" / STATE).is_file():
-            raise FileNotFoundError(f"resume={cfg.resume}: {output_dir} holds no run state (checkpoints/{STATE}); "
+            raise FileNotFoundError(f"{what}: {output_dir} holds no run state (checkpoints/{STATE}); "
                                     f"it is not the output folder of a rexlab run")
         differences = _config_differences(OmegaConf.load(output_dir / "config.yaml"), cfg)  # type: ignore[arg-type]
         if differences:
-            raise IncompatibleError(f"resume={cfg.resume}: the config differs from the run's (config.yaml), so it "
+            raise IncompatibleError(f"{what}: the config differs from the run's (config.yaml), so it "
                                     f"cannot continue it; use the run's overrides. Differences:\n  "
                                     + "\n  ".join(differences))
 

@@ -1,4 +1,5 @@
-"""SIGTERM and SIGINT: stop a run where its work can be kept, instead of dying mid-write.
+"""SIGTERM, SIGINT and a scheduler's preemption warning: stop a run where its work can be kept, instead of
+dying mid-write.
 
 While a stage's checkpointing fit runs (`deferred()`), the first signal only asks it to stop: the fit
 writes a checkpoint at the end of its current training step and then raises `Interrupted`. Anywhere
@@ -6,18 +7,25 @@ else, or at a second signal, `Interrupted` is raised at once (the stage then res
 checkpoint, or from its beginning, on resume). The pipeline marks the tracking run KILLED, says how to
 resume, and main.py exits with 128 + the signal's number (143 for SIGTERM, 130 for SIGINT), so a
 scheduler sees the job was stopped, not finished.
+
+The preemption warning (SIGUSR2, or submitit's SUBMITIT_PREEMPT_SIGNAL: what SLURM sends before a time
+limit or a preemption, and submitit_local's `_interrupt`) is handled the same way; afterwards main.py hands
+it to the handler it had before the run (`requeue_handler()`): under submitit, the one that requeues the job, which
+then runs again in the same folder and continues the run (core/pipeline.py).
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
 from typing import Any
 
-SIGNALS = (signal.SIGTERM, signal.SIGINT)
+PREEMPTION = signal.Signals[f"SIG{os.environ.get('SUBMITIT_PREEMPT_SIGNAL', 'USR2').upper().removeprefix('SIG')}"]
+SIGNALS = (signal.SIGTERM, signal.SIGINT, PREEMPTION)
 
 
 class Interrupted(BaseException):
@@ -34,6 +42,7 @@ class Interrupted(BaseException):
 _requested: int | None = None
 _deferring = 0
 _installed = False
+_previous: dict[signal.Signals, Callable[..., Any] | int | None] = {}
 
 
 def _handler(signum: int, frame: FrameType | None) -> None:
@@ -49,21 +58,28 @@ def requested() -> int | None:
     return _requested
 
 
+def requeue_handler(signum: int) -> Callable[[int, FrameType | None], Any] | None:
+    """For the preemption signal: the Python handler it had before the last run installed ours (submitit's,
+    which requeues the job), if any; None for other signals."""
+    handler = _previous.get(signal.Signals(signum)) if signum == PREEMPTION else None
+    return handler if callable(handler) else None
+
+
 @contextmanager
 def installed() -> Iterator[None]:
-    """Handle SIGTERM and SIGINT as above for the duration of a run; the previous handlers come back after."""
-    global _requested, _installed
+    """Handle SIGNALS as above for the duration of a run; the previous handlers come back after."""
+    global _requested, _installed, _previous
     _requested = None
-    previous: dict[signal.Signals, Callable[..., Any] | int | None] = {}
+    _previous = {}
     for sig in SIGNALS:
         with contextlib.suppress(ValueError):  # not the main thread (a launcher's worker): signals stay as they are
-            previous[sig] = signal.signal(sig, _handler)
-    _installed = bool(previous)
+            _previous[sig] = signal.signal(sig, _handler)
+    _installed = bool(_previous)
     try:
         yield
     finally:
         _installed = False
-        for sig, handler in previous.items():
+        for sig, handler in _previous.items():
             signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
 

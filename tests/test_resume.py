@@ -94,13 +94,14 @@ def test_sigterm_in_reward_training_exits_143_killed_and_resumes(in_tmp: Path, u
     assert evaluation(in_tmp / "run") == uninterrupted
 
 
-def test_sigint_exits_130_killed(in_tmp: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGUSR2])  # (SIGUSR2: a scheduler's preemption warning)
+def test_sigint_and_the_preemption_signal_exit_128_plus_it_killed(in_tmp: Path, sig: signal.Signals) -> None:
     proc = start([*ARGS, "hydra.run.dir=run"], in_tmp)
     wait_for(in_tmp / "run" / "checkpoints" / "resume" / "policy.ckpt", proc)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 130, out[-3000:]
-    assert "stopped by SIGINT in stage 'policy'" in out
+    assert proc.returncode == 128 + sig, out[-3000:]
+    assert f"stopped by {sig.name} in stage 'policy'" in out
     [run] = runs(in_tmp)
     assert run.info.status == "KILLED"
 
