@@ -1,9 +1,16 @@
 """Experiment tracking: MLflow (default) or nothing, behind one small interface.
 
 Every tracker keeps an in-memory history of the metrics it was given, so plots can be drawn whether
-or not a backend records them. A Hydra multirun is one parent MLflow run with a child run per job:
-`SweepCallback` creates the parent when the sweep starts and writes its id into the sweep directory,
-and each job's tracker attaches its run to it.
+or not a backend records them, and appends them to metrics.jsonl in the run's output folder, so a run
+whose tracking store went away midway still has them all. A Hydra multirun is one parent MLflow run
+with a child run per job, under every launcher: `SweepCallback` creates the parent in the launching
+process before any job starts and puts its id in the environment (REXLAB_PARENT_RUN_ID), which the
+jobs inherit (worker processes, SLURM jobs, a Ray cluster through its runtime_env) and read as
+`tracking.parent_run_id`.
+
+MlflowTracker's promises under faults: an unreachable tracking server is refused in seconds at the
+start, naming its URI; a locked sqlite store is retried; a store that fails during a run is warned
+about once, and the run goes on without it.
 """
 
 from __future__ import annotations
@@ -12,7 +19,13 @@ import atexit
 import json
 import logging
 import math
+import os
+import socket
+import sys
 import time
+import urllib.error
+import urllib.request
+import warnings
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Literal
@@ -20,10 +33,25 @@ from typing import Any, Literal
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-log = logging.getLogger(__name__)
+from core.errors import NamedError
 
-PARENT_RUN_FILE = ".mlflow_parent_run_id"
+log = logging.getLogger(__name__)
+# conf/hydra/launcher/<name>.yaml take the place of the launcher plugins' configs of the same names, and Hydra
+# 1.3 validates each against the plugin's schema of that name (types checked, fields kept) with a deprecation
+# warning, in the launching process and again in every job; the validation is wanted, the warning is noise.
+warnings.filterwarnings("ignore", message=r"\s*'hydra/launcher/\w+' is validated against ConfigStore schema",
+                        category=UserWarning)
+
+PARENT_ENV = "REXLAB_PARENT_RUN_ID"  # the sweep's parent run id, set for its jobs by SweepCallback
 KIND = "mlflow.experimentKind"
+OUTPUT_DIR_TAG = "rexlab.output_dir"  # the run's output folder (the pipeline's tag): where metrics.jsonl goes
+METRICS_FILE = "metrics.jsonl"
+PROBE_TIMEOUT = 5.0  # seconds the start-up check of a tracking server waits for /health
+LOCKED = "database is locked"
+
+
+class TrackingUnreachableError(NamedError, ConnectionError):
+    """tracking.uri names a tracking server that does not answer."""
 
 
 class Tracker:
@@ -32,11 +60,15 @@ class Tracker:
     def __init__(self) -> None:
         self.history: dict[str, list[tuple[int, float]]] = defaultdict(list)
         self.non_finite: dict[str, tuple[int, int]] = {}  # key -> (count, first step) of nan/inf values
+        self.output_dir: Path | None = None  # the run's output folder (metrics.jsonl), once known
 
     def start(self, run_name: str, config: DictConfig, sweep_dir: Path | None = None,
               tags: dict[str, str] | None = None) -> str | None:
         """Begin a run; `sweep_dir` is the Hydra sweep directory of a multirun job, else None;
-        `tags` are recorded with it (group choices, overrides). Returns the run's id, if it has one."""
+        `tags` are recorded with it (group choices, overrides; rexlab.output_dir names the folder that
+        metrics.jsonl goes to). Returns the run's id, if it has one."""
+        if tags and tags.get(OUTPUT_DIR_TAG):
+            self.output_dir = Path(tags[OUTPUT_DIR_TAG])
         return None
 
     def resume(self, run_id: str | None) -> str | None:
@@ -65,6 +97,11 @@ class Tracker:
                     log.warning("metric %s is %s at step %d (recorded as the run's tag nonfinite.%s)", key, value,
                                 step, key)
                 self.non_finite[key] = (count + 1, first)
+        if self.output_dir is not None and metrics:
+            values = {k: float(v) if math.isfinite(float(v)) else str(float(v)) for k, v in metrics.items()}
+            line = json.dumps({"step": int(step), "time": round(time.time(), 3), "metrics": values})
+            with open(self.output_dir / METRICS_FILE, "a", encoding="utf-8") as f:
+                f.write(line + "\n")
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         """Store a file (or every file below a folder) with the run."""
@@ -75,15 +112,19 @@ class Tracker:
 
     def set_tag(self, key: str, value: str) -> None:
         """Attach a short note to the run (e.g. why no video was recorded)."""
+        if key == OUTPUT_DIR_TAG and value:  # (a resumed run names its folder this way)
+            self.output_dir = Path(value)
 
     def end(self, status: str = "FINISHED") -> None:
         """Close the run with an MLflow status: FINISHED, FAILED or KILLED."""
 
-    def start_sweep(self, name: str, sweep_dir: Path) -> None:
-        """Begin the parent run of a multirun (called once, before its jobs)."""
+    def start_sweep(self, name: str, tags: dict[str, str] | None = None) -> str | None:
+        """Begin the parent run of a multirun (called once, in the launching process, before its jobs);
+        returns its id, which the jobs get as tracking.parent_run_id."""
+        return None
 
-    def end_sweep(self, sweep_dir: Path, status: str = "FINISHED", table: Path | None = None) -> None:
-        """Close the parent run of a multirun with `status`, attaching the jobs' table."""
+    def end_sweep(self, run_id: str, status: str = "FINISHED", table: Path | None = None) -> None:
+        """Close the parent run `run_id` of a multirun with `status`, attaching the jobs' table."""
 
     def last(self, key: str) -> float | None:
         """The most recently logged value of a metric, or None."""
@@ -109,18 +150,73 @@ def flatten(config: DictConfig) -> dict[str, Any]:
     return out
 
 
-class MlflowTracker(Tracker):
-    """Logs to MLflow at `uri` (sqlite by default) under `experiment_name`."""
+class _LockedFilter(logging.Filter):
+    """Drops MLflow's traceback for a locked sqlite store (one per attempt): the tracker retries those."""
 
-    def __init__(self, uri: str, experiment_name: str, checkpoints: bool | Literal["auto"] = "auto") -> None:
+    def filter(self, record: logging.LogRecord) -> bool:
+        return LOCKED not in record.getMessage()
+
+
+def probe_server(uri: str, timeout: float = PROBE_TIMEOUT) -> None:
+    """Raise TrackingUnreachableError unless something answers HTTP at <uri>/health within `timeout` seconds
+    (any HTTP answer counts: the server's own requests then say what is wrong)."""
+    began = time.monotonic()
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
+            return
+    except urllib.error.HTTPError:
+        return
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        raise TrackingUnreachableError(
+            f"tracking.uri={uri}: no MLflow tracking server answers there (GET /health: {reason}, after "
+            f"{time.monotonic() - began:.1f} s). Start one (make server), or track locally: "
+            f"tracking.uri=sqlite:///mlflow.db (or tracking=none)") from None
+
+
+class MlflowTracker(Tracker):
+    """Logs to MLflow at `uri` (sqlite by default, or an `mlflow server`) under `experiment_name`; fields are
+    documented in conf/tracking/mlflow.yaml."""
+
+    def __init__(self, uri: str, experiment_name: str, checkpoints: bool | Literal["auto"] = "auto",
+                 parent_run_id: str | None = None, http_timeout: float = 30, http_retries: int = 2,
+                 lock_timeout: float = 120) -> None:
         super().__init__()
         self.uri = uri
         self.experiment_name = experiment_name
         remote = uri.split(":", 1)[0] in ("http", "https", "databricks")
         self.upload_checkpoints = checkpoints is True or (checkpoints == "auto" and remote)
+        self.parent_run_id = str(parent_run_id) if parent_run_id not in (None, "", "null", "None") else None
+        self.lock_timeout = float(lock_timeout)
         self.run_id: str | None = None
+        self.failed: str | None = None  # the first tracking error of the run: nothing more is sent after it
         self._client: Any = None
         self._logged: dict[str, set[tuple[int, float]]] = {}  # a resumed run's values: (step, value) per key
+        if uri.split(":", 1)[0] in ("http", "https"):
+            # MLflow's own defaults (7 retries with exponential backoff, 120 s a request) would spend minutes
+            # on a server that is gone; these are read by MLflow at each request.
+            os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(int(float(http_timeout)))
+            os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(int(http_retries))
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+            probe_server(uri, min(PROBE_TIMEOUT, float(http_timeout)))
+        elif uri.startswith("sqlite:"):
+            store_log = logging.getLogger("mlflow.store.db.utils")
+            if not any(isinstance(f, _LockedFilter) for f in store_log.filters):
+                store_log.addFilter(_LockedFilter())
+
+    def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """fn(*args, **kwargs), retried while a sqlite store is locked by another writer, for up to lock_timeout
+        seconds (MLflow's own sessions wait 20 s for a lock, its store's set-up sqlite's 5 s, then fail)."""
+        deadline, wait = time.monotonic() + self.lock_timeout, 0.2
+        while True:
+            try:
+                return fn(*args, **kwargs)
+            except Exception as err:
+                if LOCKED not in str(err) or time.monotonic() > deadline:
+                    raise
+                log.info("%s is locked by another writer; retrying", self.uri)
+                time.sleep(wait)
+                wait = min(2 * wait, 2.0)
 
     @property
     def client(self) -> Any:
@@ -128,43 +224,65 @@ class MlflowTracker(Tracker):
             # Imported lazily: mlflow is slow to import and tracking=none should not pay for it.
             from mlflow.tracking import MlflowClient
 
-            self._client = MlflowClient(tracking_uri=self.uri)
+            self._client = self._call(MlflowClient, tracking_uri=self.uri)
         return self._client
+
+    def _send(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> None:
+        """A call that records something during a run: after a tracking failure the run goes on without the
+        store (one warning; the metrics stay in memory and in metrics.jsonl)."""
+        if self.run_id is None or self.failed:
+            return
+        try:
+            self._call(fn, *args, **kwargs)
+        except Exception as err:
+            if not _is_tracking_error(err):
+                raise
+            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            self.failed = f"{type(err).__name__}: {first[:400]}{'...' if len(first) > 400 else ''}"
+            where = self.output_dir / METRICS_FILE if self.output_dir else "memory"
+            log.warning("tracking at %s failed while %s (%s). The run goes on without it: nothing more is sent "
+                        "there, its metrics stay in %s", self.uri, what, self.failed, where)
 
     def _experiment_id(self) -> str:
         """The experiment's id (created if need be), marked as model development so that MLflow 3's UI opens it
         on the runs table with their metrics, not on its GenAI view."""
-        exp = self.client.get_experiment_by_name(self.experiment_name)
+        exp = self._call(self.client.get_experiment_by_name, self.experiment_name)
         if exp is None:
-            return str(self.client.create_experiment(self.experiment_name, tags={KIND: "custom_model_development"}))
+            try:
+                return str(self._call(self.client.create_experiment, self.experiment_name,
+                                      tags={KIND: "custom_model_development"}))
+            except Exception:  # another process (a parallel job) created it first
+                exp = self._call(self.client.get_experiment_by_name, self.experiment_name)
+                if exp is None:
+                    raise
         if KIND not in exp.tags:
-            self.client.set_experiment_tag(exp.experiment_id, KIND, "custom_model_development")
+            self._call(self.client.set_experiment_tag, exp.experiment_id, KIND, "custom_model_development")
         return str(exp.experiment_id)
 
     def start(self, run_name: str, config: DictConfig, sweep_dir: Path | None = None,
               tags: dict[str, str] | None = None) -> str | None:
+        super().start(run_name, config, sweep_dir, tags)
         tags = {"mlflow.runName": run_name, **(tags or {})}
-        parent_file = sweep_dir / PARENT_RUN_FILE if sweep_dir else None
-        if parent_file and parent_file.exists():
-            tags["mlflow.parentRunId"] = parent_file.read_text().strip()
-        run = self.client.create_run(self._experiment_id(), run_name=run_name, tags=tags)
-        self.run_id = run.info.run_id
+        if self.parent_run_id:
+            tags["mlflow.parentRunId"] = self.parent_run_id
+        run = self._call(self.client.create_run, self._experiment_id(), run_name=run_name, tags=tags)
+        self.run_id, self.failed = run.info.run_id, None
         from mlflow.entities import Param
 
         params = [Param(k, str(v)[:6000]) for k, v in flatten(config).items()]
         for i in range(0, len(params), 100):
-            self.client.log_batch(self.run_id, params=params[i : i + 100])
+            self._call(self.client.log_batch, self.run_id, params=params[i : i + 100])
         log.info("MLflow run %s (%s) at %s", run_name, self.run_id, self.uri)
         return self.run_id
 
     def resume(self, run_id: str | None) -> str | None:
         if run_id is None:
             raise ValueError("resume: the saved run has no MLflow run id (it was tracked with tracking=none)")
-        run = self.client.get_run(run_id)
-        self._logged = {key: {(m.step, m.value) for m in self.client.get_metric_history(run_id, key)}
+        run = self._call(self.client.get_run, run_id)
+        self._logged = {key: {(m.step, m.value) for m in self._call(self.client.get_metric_history, run_id, key)}
                         for key in run.data.metrics}
-        self.client.update_run(run_id, status="RUNNING")
-        self.run_id = run_id
+        self._call(self.client.update_run, run_id, status="RUNNING")
+        self.run_id, self.failed = run_id, None
         log.info("MLflow run %s (%s) continues at %s", run.info.run_name, run_id, self.uri)
         return str(run.info.status)
 
@@ -172,17 +290,15 @@ class MlflowTracker(Tracker):
         """The run's output folder (its rexlab.output_dir tag) where it exists here; else its checkpoints and
         config downloaded from the tracking server's artifact store into <cache>/runs/<id>/."""
         try:
-            run = self.client.get_run(run_id)
+            run = self._call(self.client.get_run, run_id)
         except Exception as err:
             raise ValueError(f"runs:/{run_id}: no such run at {self.uri} ({type(err).__name__})") from None
-        folder = run.data.tags.get("rexlab.output_dir")
+        folder = run.data.tags.get(OUTPUT_DIR_TAG)
         if folder and Path(folder).is_dir():
             return Path(folder)
         if not any(a.path == "checkpoints" for a in self.client.list_artifacts(run_id)):
             raise FileNotFoundError(f"runs:/{run_id}: its output folder {folder} is not on this machine and its "
                                     f"checkpoints were not uploaded (tracking.checkpoints=true uploads them)")
-        import os
-
         from mlflow.artifacts import download_artifacts
 
         cache = Path(os.environ.get("REXLAB_CACHE_DIR", Path.home() / ".cache" / "rexlab")) / "runs" / run_id
@@ -194,7 +310,7 @@ class MlflowTracker(Tracker):
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         super().log_metrics(metrics, step)
-        if self.run_id is None:
+        if self.run_id is None or self.failed:
             return
         from mlflow.entities import Metric
 
@@ -202,46 +318,66 @@ class MlflowTracker(Tracker):
         batch = [Metric(k, float(v), now, step) for k, v in metrics.items()
                  if math.isfinite(float(v)) and (step, float(v)) not in self._logged.get(k, ())]
         if batch:
-            self.client.log_batch(self.run_id, metrics=batch)
+            self._send(f"logging metrics at step {step}", self.client.log_batch, self.run_id, metrics=batch)
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
-        if self.run_id is None:
+        if self.run_id is None or self.failed:
             return
-        if Path(path).is_dir():
-            self.client.log_artifacts(self.run_id, str(path), artifact_path)
-        else:
-            self.client.log_artifact(self.run_id, str(path), artifact_path)
+        if not Path(path).exists():  # rexlab's fault, not the store's: not a tracking failure
+            raise FileNotFoundError(f"artifact {path} does not exist")
+        log_files = self.client.log_artifacts if Path(path).is_dir() else self.client.log_artifact
+        self._send(f"uploading {path}", log_files, self.run_id, str(path), artifact_path)
 
     def log_checkpoint(self, path: Path, artifact_path: str | None = None) -> None:
         if self.upload_checkpoints:
             self.log_artifact(path, artifact_path)
 
     def set_tag(self, key: str, value: str) -> None:
-        if self.run_id is not None:
-            self.client.set_tag(self.run_id, key, value[:5000])
+        super().set_tag(key, value)
+        self._send(f"setting the tag {key}", self.client.set_tag, self.run_id, key, value[:5000])
 
     def end(self, status: str = "FINISHED") -> None:
-        if self.run_id is not None:
-            for key, (count, first) in self.non_finite.items():  # MLflow keeps no nan/inf: say they happened
-                self.client.set_tag(self.run_id, f"nonfinite.{key}", f"{count} non-finite value(s), the first at "
-                                                                   f"step {first}")
-            run_id, self.run_id = self.run_id, None
-            self.client.set_terminated(run_id, status)
-
-    def start_sweep(self, name: str, sweep_dir: Path) -> None:
-        run = self.client.create_run(self._experiment_id(), run_name=name)
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        (sweep_dir / PARENT_RUN_FILE).write_text(run.info.run_id)
-        log.info("MLflow parent run %s (%s)", name, run.info.run_id)
-
-    def end_sweep(self, sweep_dir: Path, status: str = "FINISHED", table: Path | None = None) -> None:
-        parent_file = sweep_dir / PARENT_RUN_FILE
-        if parent_file.exists():
-            run_id = parent_file.read_text().strip()
-            if table is not None and table.exists():
-                self.client.log_artifact(run_id, str(table))
-            if self.client.get_run(run_id).info.status == "RUNNING":
+        if self.run_id is None:
+            return
+        run_id = self.run_id
+        if self.failed:  # one try to close it (the store may be back); else it stays RUNNING there
+            try:
+                where = self.output_dir / METRICS_FILE if self.output_dir else "its output folder"
+                self.client.set_tag(run_id, "tracking_error", f"{self.failed} (the rest of the run's metrics are in "
+                                                              f"{where})"[:5000])
                 self.client.set_terminated(run_id, status)
+            except Exception as err:
+                log.warning("could not close the run %s at %s (%s); it stays RUNNING there", run_id, self.uri,
+                            type(err).__name__)
+            self.run_id = None
+            return
+        for key, (count, first) in self.non_finite.items():  # MLflow keeps no nan/inf: say they happened
+            self.set_tag(f"nonfinite.{key}", f"{count} non-finite value(s), the first at step {first}")
+        self._send("closing the run", self.client.set_terminated, run_id, status)
+        self.run_id = None
+
+    def start_sweep(self, name: str, tags: dict[str, str] | None = None) -> str | None:
+        tags = {"mlflow.runName": name, **(tags or {})}
+        if self.parent_run_id:  # (a sweep launched by a job of another sweep)
+            tags["mlflow.parentRunId"] = self.parent_run_id
+        run = self._call(self.client.create_run, self._experiment_id(), run_name=name, tags=tags)
+        log.info("MLflow parent run %s (%s)", name, run.info.run_id)
+        return str(run.info.run_id)
+
+    def end_sweep(self, run_id: str, status: str = "FINISHED", table: Path | None = None) -> None:
+        if table is not None and table.exists():
+            self._call(self.client.log_artifact, run_id, str(table))
+        if self._call(self.client.get_run, run_id).info.status == "RUNNING":
+            self._call(self.client.set_terminated, run_id, status)
+
+
+def _is_tracking_error(err: Exception) -> bool:
+    """An error of the tracking store or the way to it (MLflow's, HTTP, sqlite, the file system), not a bug."""
+    from mlflow.exceptions import MlflowException
+    from requests.exceptions import RequestException
+    from sqlalchemy.exc import SQLAlchemyError
+
+    return isinstance(err, MlflowException | RequestException | SQLAlchemyError | OSError)
 
 
 JOBS_FILE = "jobs.jsonl"
@@ -259,20 +395,38 @@ def sweep_table(sweep_dir: Path) -> str:
 
 
 class SweepCallback(Callback):
-    """Hydra callback: one parent run per multirun, created before the jobs and closed after, and a table of
-    every job (number, overrides, status, the last line of its error) on the console and as the parent's
-    artifact jobs.md, failed jobs included (Hydra's basic launcher runs every job, then raises the first
-    failure and skips on_multirun_end: the table and the parent's closing then happen at exit)."""
+    """Hydra callback: one parent run per multirun, created in the launching process before the launcher
+    starts any job, its id handed to the jobs through the environment (REXLAB_PARENT_RUN_ID, read as
+    tracking.parent_run_id: inherited by joblib's workers, submitit's local and SLURM jobs and a Ray
+    cluster the launcher starts; conf/hydra/launcher/ray.yaml passes it to an existing one), and closed after
+    them; a table of every job (number, overrides, status, the last line of its error) on the console and as
+    the parent's artifact jobs.md, failed jobs included (Hydra's sweeper raises the first failure after all
+    jobs ran and skips on_multirun_end: the table and the parent's closing then happen at exit)."""
 
-    def _tracker(self, config: DictConfig) -> Tracker:
-        from hydra.utils import instantiate
-
-        return instantiate(config.tracking)
+    def __getstate__(self) -> dict[str, Any]:  # the jobs get a copy of Hydra's callbacks: the parent stays here
+        return {k: v for k, v in self.__dict__.items() if k not in ("tracker", "parent_run_id")}
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from hydra.errors import InstantiationException
+        from hydra.utils import instantiate
+
         self.sweep_dir = Path(config.hydra.sweep.dir)
-        self.tracker, self.finished = self._tracker(config), False
-        self.tracker.start_sweep(f"sweep {self.sweep_dir.name}", self.sweep_dir)
+        self.finished = False
+        try:
+            self.tracker: Tracker = instantiate(config.tracking)
+        except InstantiationException as err:
+            cause = err.__cause__
+            if isinstance(cause, NamedError):  # e.g. an unreachable tracking server: said before any job starts
+                print(f"[{self.sweep_dir}] {cause}", file=sys.stderr, flush=True)
+                sys.exit(2)
+            raise
+        launcher = str(OmegaConf.select(config, "hydra.launcher._target_", default="")).rsplit(".", 1)[-1]
+        tags = {"rexlab.launcher": launcher, "rexlab.sweep_dir": str(self.sweep_dir.resolve()),
+                "rexlab.pid": str(os.getpid()), "rexlab.host": socket.gethostname()}
+        self.parent_run_id = self.tracker.start_sweep(f"sweep {self.sweep_dir.name}", tags)
+        self.previous_env = os.environ.get(PARENT_ENV)
+        if self.parent_run_id:
+            os.environ[PARENT_ENV] = self.parent_run_id
         atexit.register(self.finish)
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
@@ -302,8 +456,19 @@ class SweepCallback(Callback):
         if self.finished:
             return
         self.finished = True
+        if self.previous_env is None:
+            os.environ.pop(PARENT_ENV, None)
+        else:
+            os.environ[PARENT_ENV] = self.previous_env
         table = sweep_table(self.sweep_dir)
         print("\n" + table, flush=True)
+        self.sweep_dir.mkdir(parents=True, exist_ok=True)
         (self.sweep_dir / "jobs.md").write_text(table, encoding="utf-8")
         failed = "0 failed" not in table.splitlines()[0]
-        self.tracker.end_sweep(self.sweep_dir, "FAILED" if failed else "FINISHED", self.sweep_dir / "jobs.md")
+        if self.parent_run_id:
+            try:
+                self.tracker.end_sweep(self.parent_run_id, "FAILED" if failed else "FINISHED",
+                                       self.sweep_dir / "jobs.md")
+            except Exception as err:  # (the store is gone: the jobs' table is in the sweep folder still)
+                print(f"could not close the sweep's parent run {self.parent_run_id}: {type(err).__name__}: "
+                      f"{str(err).strip()[:300]}", file=sys.stderr, flush=True)
