@@ -100,7 +100,8 @@ class Devices:
                 from lightning.pytorch.strategies import DDPStrategy
 
                 strategy = DDPStrategy(process_group_backend="gloo" if self.on_cpu else None,
-                                       find_unused_parameters=True)
+                                       find_unused_parameters=True,
+                                       broadcast_buffers=False)  # (no buffer differs between the processes)
             return {"accelerator": self.accelerator, "devices": self.devices, "strategy": strategy,
                     "precision": self.precision}
         return {"accelerator": self.accelerator, "devices": 1, "precision": self.precision}

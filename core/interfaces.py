@@ -247,7 +247,7 @@ class RewardModel(ABC):
 
     def load(self, folder: Path) -> None:
         """Restore a model `save` wrote into `folder`, in an instance built from the same config."""
-        self.load_state_dict(torch.load(folder / "reward.pt", weights_only=False))
+        self.load_state_dict(torch.load(folder / "reward.pt", weights_only=False, map_location="cpu"))
 
     def to(self, device: torch.device | str) -> RewardModel:
         """Put the network that scores (if any) on `device` (an optimizer's, while it trains against this

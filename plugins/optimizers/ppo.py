@@ -194,6 +194,12 @@ class PPOModule(L.LightningModule):
         """The running episodes' returns and lengths, the finished ones' and the recent mean return."""
         return self.ep_true, self.ep_learned, self.ep_len, self.finished, self.recent_return
 
+    def on_fit_start(self) -> None:
+        self.reward_model.to(self.device)  # the learned reward scores each rollout where the policy runs
+
+    def on_fit_end(self) -> None:
+        self.reward_model.to("cpu")  # as Lightning puts the policy back
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.policy.parameters(), lr=self.hp.learning_rate, eps=1e-5, foreach=True)
 

@@ -154,6 +154,7 @@ class TextPPOModule(L.LightningModule):
         self.env_steps, self.start_time = 0, time.time()
         self.recent_return = float("nan")
         self.strict_loading = False  # checkpoints hold the trained weights only (prune_checkpoint)
+        self._restored = False  # a batch loaded from a checkpoint, not yet on the device
 
     def train_dataloader(self) -> DataLoader:
         return ResumableLoader(range(self.num_iterations * self.updates_per_iteration), batch_size=None, shuffle=False)
@@ -181,6 +182,7 @@ class TextPPOModule(L.LightningModule):
         for name in ("rollout", "buffer", "order"):
             if state[name] is not None:
                 setattr(self, name, state[name])
+        self._restored = True  # (its tensors are on the CPU: they go to the device at the next step)
         if isinstance(self.callback, IterationCallback):
             self.callback.load_state_dict(state["callback"])
 
@@ -259,6 +261,10 @@ class TextPPOModule(L.LightningModule):
             if self.callback is not None and self.callback(self.policy, self.env_steps, self.recent_return):
                 self.trainer.should_stop = True
                 return None
+        elif self._restored:  # a batch from the checkpoint, mid-iteration
+            self.rollout = self.rollout.to(self.device)
+            self.buffer = {k: v.to(self.device) for k, v in self.buffer.items()}
+            self._restored = False
         if mb == 0:
             self.order = torch.randperm(hp.batch_size)
         rows = self.order[mb * self.minibatch_size:(mb + 1) * self.minibatch_size]

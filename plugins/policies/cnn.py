@@ -67,7 +67,8 @@ class CNNActorCritic(ActorCriticBase):
         self.critic = _init(nn.Linear(512, 1), 1.0)
 
     def normalize(self, obs: np.ndarray | torch.Tensor, update: bool = False) -> torch.Tensor:
-        frames = torch.as_tensor(np.asarray(obs), device=self.device)  # uint8 to the device: 4x less to copy
+        frames = (obs.to(self.device) if isinstance(obs, torch.Tensor)  # (a BC batch, on the device already)
+                  else torch.as_tensor(np.asarray(obs), device=self.device))  # uint8 to the device: 4x less to copy
         return frames.reshape(len(obs), -1).float() / 255.0
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -98,7 +99,7 @@ def load_actor_critic(path: str, observation_space: gym.Space, action_space: gym
                       normalize_obs: bool = False) -> ActorCriticBase:
     """The actor-critic `ActorCriticBase.save` wrote to `path` (its state dict), for the task's spaces."""
     policy = actor_critic_for(observation_space, action_space, hidden_sizes, activation, normalize_obs)
-    policy.load_state_dict(torch.load(path))
+    policy.load_state_dict(torch.load(path, map_location="cpu"))  # (a learner checkpoint saved on a GPU)
     return policy.eval()
 
 

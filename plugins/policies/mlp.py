@@ -55,6 +55,10 @@ class RunningMeanStd(nn.Module):
         self.register_buffer("var", torch.ones(shape, dtype=torch.float64))
         self.register_buffer("count", torch.tensor(1e-4, dtype=torch.float64))
 
+    def _apply(self, fn: Any, recurse: bool = True) -> RunningMeanStd:
+        """The statistics stay float64 on the CPU, where NumPy updates them in place, wherever the policy goes."""
+        return self
+
     def update(self, x: np.ndarray | torch.Tensor) -> None:
         """Merge a batch x (B, *shape) (or anything reshaping to it) into the statistics."""
         x = np.asarray(x, dtype=np.float64).reshape(-1, *self.mean.shape)
@@ -175,6 +179,8 @@ class ActorCritic(ActorCriticBase):
         self.obs_rms = RunningMeanStd((obs_dim,)) if normalize_obs else None
 
     def normalize(self, obs: np.ndarray | torch.Tensor, update: bool = False) -> torch.Tensor:
+        if isinstance(obs, torch.Tensor):  # (a BC batch, which Lightning put on the device)
+            obs = obs.detach().cpu().numpy()
         x = np.asarray(obs, dtype=np.float32).reshape(len(obs), -1)
         if self.obs_rms is None:
             return torch.from_numpy(x).to(self.device)

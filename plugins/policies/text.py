@@ -349,5 +349,5 @@ def load_text_policy(path: str, reference: str | None, max_new_tokens: int, temp
     policy = TextPolicy(lm, tokenizer, max_new_tokens, temperature, value_head=head.exists(), reference=False,
                         batch_size=batch_size, origin=path, reference_lm=reference_lm)
     if policy.value_head is not None:
-        policy.value_head.load_state_dict(torch.load(head))
+        policy.value_head.load_state_dict(torch.load(head, map_location="cpu"))
     return policy.eval()

@@ -363,5 +363,5 @@ class BradleyTerry(RewardModel):
         self.pooling, self.max_length, self.offset = scoring["pooling"], scoring["max_length"], scoring["offset"]
         backbone, self.tokenizer = load_encoder(str(folder / "backbone"))
         self.net = RewardNet(backbone, self.pooling)
-        self.net.head.load_state_dict(torch.load(folder / "head.pt"))
+        self.net.head.load_state_dict(torch.load(folder / "head.pt", map_location="cpu"))
         self.net.eval()

@@ -328,6 +328,11 @@ class TREX(RewardModel):
         starts = np.cumsum([0] + [len(t) for t in trajs[:-1]])
         return np.add.reduceat(r.numpy().astype(np.float64), starts, axis=1)
 
+    def to(self, device: torch.device | str) -> TREX:
+        if self.net is not None:
+            self.net.to(device)
+        return self
+
     def build(self) -> RewardNet:
         """Fresh nets for observations of `self.shape` (the T-REX CNN for frames, masked by `self.mask`)."""
         return reward_ensemble(self.ensemble_size, self.shape, self.hidden_sizes, self.activation, self.mask)
