@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -19,7 +20,7 @@ LAUNCHERS = {"joblib": "JoblibLauncher", "submitit_local": "LocalLauncher", "sub
              "ray": "RayLauncher"}
 
 
-def sweep_runs(folder: Path) -> tuple[object, list]:
+def sweep_runs(folder: Path) -> tuple[Any, list[Any]]:
     """The parent run and its children in <folder>/mlflow.db (there must be exactly one parent)."""
     client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("rexlab").experiment_id])
@@ -55,7 +56,7 @@ def test_a_sweep_is_one_parent_and_its_children_run_in_parallel_under_each_launc
     print(f"\n{launcher}: 2-job sweep in {took:.0f} s")
 
 
-@pytest.mark.filterwarnings(r"ignore:\s*'hydra/launcher/\w+' is validated")  # as core.tracking does: it is the point
+@pytest.mark.filterwarnings(r"ignore:\s*'hydra/launcher/\w+' is validated")  # wanted: core.tracking silences it
 @pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
 def test_our_launcher_files_take_the_plugins_place_with_their_types_checked(launcher: str) -> None:
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
