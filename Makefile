@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test lint bench ui server clean
+.PHONY: setup run test lint bench gpu-check ui server clean
 
 setup: $(STAMP)
 
@@ -37,6 +37,11 @@ bench: setup $(VENV)/.bench-installed
 	$(BIN)/python bench/ppo_vs_sb3.py --env atari
 	OMP_NUM_THREADS=1 $(BIN)/python bench/text_reward_throughput.py
 	OMP_NUM_THREADS=1 $(BIN)/python bench/text_ppo_throughput.py
+
+# gpu-check: each device's throughput on Atari PPO, the T-REX reward net, the text reward model, SFT and text PPO
+# (the CPU alone where there is no GPU); the table also goes to gpu_check.md
+gpu-check: setup
+	$(BIN)/python bench/gpu_check.py --out gpu_check.md
 
 $(VENV)/.bench-installed: pyproject.toml $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
