@@ -241,6 +241,10 @@ def run_pipeline(cfg: DictConfig, choices: dict[str, str], output_dir: Path, swe
     check_config(cfg, [*used, "trainer", *(f"recipe.{k}" for k in cfg.recipe)], RunSettings)
     check_fields(cfg, choices, (*used, "trainer", *(f"recipe.{k}" for k in cfg.recipe)))
     devices: Devices = build(cfg.trainer)
+    if devices.distributed and job is not None and "SLURM_NTASKS" not in os.environ:
+        raise IncompatibleError(f"trainer={choices.get('trainer')} in a multirun: Lightning starts a data-parallel "
+                                f"run's other processes by running the command line again, which would start the "
+                                f"whole sweep again; run each job alone (without -m)")
     devices.apply_threads()
     tracker: Tracker = build(cfg.tracking)
 

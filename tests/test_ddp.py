@@ -79,3 +79,13 @@ def test_chatgpt_recipe_with_ddp_runs_its_supervised_stages_on_two_processes(in_
     for saved in ("pretrain", "sft", "policy", "reward"):
         assert (folder / "checkpoints" / saved).is_dir(), saved
     assert not list(folder.glob(".rank*"))
+
+
+def test_ddp_in_a_multirun_is_refused_before_any_work(in_tmp: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.run([sys.executable, str(ROOT / "main.py"), "-m", "experiment=debug", "seed=0,1", *DDP,
+                           "tracking=none"], cwd=in_tmp, env=env, capture_output=True, text=True, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert "trainer=ddp in a multirun" in out and "run each job alone" in out, out[-3000:]
+    assert not list(in_tmp.glob("multirun/*/*/*/checkpoints/preferences.pkl"))  # nothing was run
