@@ -73,8 +73,10 @@ FILE_KEYS = {"path", "init", "prompts"}
 FAULT_KEYS = {"lr", "learning_rate"} | FILE_KEYS
 """Config fields named when a stage's numbers go non-finite: learning rates and input files."""
 STATE = "run_state.pkl"
-IGNORED_ON_RESUME = ("resume", "progress", "checkpoint", "trainer")  # keys a resumed run may change (a preempted
-# job may come back on other hardware)
+# Keys (and key prefixes) a resumed run may change: where it runs (a preempted job may come back on other hardware)
+# and how it talks to its tracking store (a resumed sweep job keeps its MLflow run, and so its parent).
+IGNORED_ON_RESUME = ("resume", "progress", "checkpoint", "trainer", "tracking.parent_run_id", "tracking.http_timeout",
+                     "tracking.http_retries", "tracking.lock_timeout")
 
 
 # ---------------------------------------------------------------- the run's own settings (typed)
@@ -215,7 +217,8 @@ def _locate(spec: str, tracker: Tracker, key: str) -> Path:
 
 def _config_differences(saved: DictConfig, now: DictConfig) -> list[str]:
     def flat(c: DictConfig) -> dict[str, Any]:
-        return {k: v for k, v in flatten(c).items() if k.split(".")[0] not in IGNORED_ON_RESUME}
+        return {k: v for k, v in flatten(c).items()
+                if not any(k == key or k.startswith(f"{key}.") for key in IGNORED_ON_RESUME)}
 
     a, b = flat(saved), flat(now)
     return [f"{k}: {a.get(k, '(unset)')} in the run, {b.get(k, '(unset)')} now" for k in sorted(set(a) | set(b))

@@ -150,3 +150,15 @@ def test_online_preferences_resume_with_the_labels_and_refit_reward_of_the_check
     result = run_main([*args, "resume=run"], in_tmp)
     assert result.returncode == 0, result.stderr[-3000:]
     assert evaluation(in_tmp / "run") == evaluation(in_tmp / "ref")
+
+
+def test_a_sweep_job_resumes_by_hand_into_its_run_under_its_parent(in_tmp: Path) -> None:
+    sweep = run_main(["-m", "experiment=debug", "reward=true", "video.enabled=false",
+                      f"hydra.sweep.dir={in_tmp / 'sweep'}"], in_tmp)
+    assert sweep.returncode == 0, sweep.stderr[-3000:]
+    [child] = [r for r in runs(in_tmp) if "mlflow.parentRunId" in r.data.tags]
+    again = run_main(["experiment=debug", "reward=true", "video.enabled=false", f"resume={in_tmp / 'sweep' / '0'}"],
+                     in_tmp)  # (no REXLAB_PARENT_RUN_ID now: the run keeps its parent all the same)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert [r.info.run_id for r in runs(in_tmp) if "mlflow.parentRunId" in r.data.tags] == [child.info.run_id]
+    assert len(runs(in_tmp)) == 2
