@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import pytest
 
-from core.devices import Devices, available_cores
+from core.devices import Devices, available_cores, parallel_jobs
 from tests.conftest import compose_config
 
 
@@ -35,3 +38,33 @@ def test_the_trainer_options_compose_with_their_documented_defaults() -> None:
     assert (ddp.strategy, ddp.devices, ddp.accelerator, str(ddp.precision)) == ("ddp", 2, "cpu", "32")
     assert compose_config("trainer=fsdp").trainer.strategy == "fsdp"
     assert compose_config("trainer=gpu").trainer.accelerator == "gpu"
+
+
+@pytest.mark.filterwarnings(r"ignore:\s*'hydra/launcher/\w+' is validated")
+def test_a_joblib_sweep_s_jobs_share_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+
+    from core.compat import CONF_DIR
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"), hydra_config_reset():
+        for n_jobs, expected in ((2, max(1, available_cores() // 2)), (-1, 1), (1, available_cores())):
+            cfg = compose("config", overrides=["hydra/launcher=joblib", f"hydra.launcher.n_jobs={n_jobs}"],
+                          return_hydra_config=True)
+            HydraConfig.instance().set_config(cfg)  # as in each of the sweep's jobs
+            assert parallel_jobs() == (available_cores() if n_jobs < 0 else n_jobs)
+            assert Devices().thread_count() == expected, n_jobs
+        HydraConfig.instance().set_config(compose("config", return_hydra_config=True))  # the basic launcher
+        assert parallel_jobs() == 1
+
+
+@contextmanager
+def hydra_config_reset() -> Iterator[None]:
+    """HydraConfig as set inside, cleared after (as outside any Hydra job)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        yield
+    finally:
+        HydraConfig.instance().cfg = None  # type: ignore[assignment]
