@@ -47,16 +47,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import lightning as L  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
 from lightning.pytorch.callbacks import Callback  # noqa: E402
-from omegaconf import DictConfig, open_dict  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
 
-from core.cli import add_variant_keys, quote_bool_choices  # noqa: E402
-from core.compat import CONF_DIR  # noqa: E402
+from core.cli import compose_run  # noqa: E402
 from core.demo_files import save_demos  # noqa: E402
 from core.devices import Devices, available_cores  # noqa: E402
 from core.interfaces import EnvReward  # noqa: E402
-from core.pipeline import build, finalize_config, plugin_node  # noqa: E402
+from core.pipeline import build, plugin_node  # noqa: E402
 from core.run import RunContext  # noqa: E402
 from core.tracking import NullTracker  # noqa: E402
 from core.types import Trajectory  # noqa: E402
@@ -71,14 +69,8 @@ TEXT_PPO_BATCH, TEXT_PPO_ITERATIONS = 8, 3  # prompts per iteration, iterations 
 
 
 def config(*overrides: str) -> DictConfig:
-    """The config `python main.py <overrides>` would run (as tests/conftest.py composes it)."""
-    overrides = tuple(add_variant_keys(quote_bool_choices(list(overrides))))
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=list(overrides), return_hydra_config=True)
-    choices = {k: str(v) for k, v in cfg.hydra.runtime.choices.items()}
-    with open_dict(cfg):
-        cfg.pop("hydra")
-    return finalize_config(cfg, choices, overrides)
+    """The config `python main.py <overrides>` would run."""
+    return compose_run(*overrides)[0]
 
 
 def clock(module: L.LightningModule) -> float:

@@ -1,10 +1,11 @@
-"""Command-line fixes applied before Hydra parses the overrides, and the resolver Hydra's run folder uses."""
+"""Command-line fixes applied before Hydra parses the overrides, the resolver Hydra's run folder uses, and the
+config a command line composes (for tests and benchmarks, which build plugins without running main.py)."""
 
 from __future__ import annotations
 
 import re
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from core.variants import CONF_DIR, override_keys
 
@@ -63,3 +64,19 @@ def run_dir(resume: str | None, fresh: str) -> str:
 
 if not OmegaConf.has_resolver("rexlab_run_dir"):
     OmegaConf.register_new_resolver("rexlab_run_dir", run_dir)
+
+
+def compose_run(*overrides: str) -> tuple[DictConfig, dict[str, str]]:
+    """The config `python main.py <overrides>` would run (the Hydra node removed, the plugins' env and budget
+    variants applied) and its group choices."""
+    from hydra import compose, initialize_config_dir
+
+    from core.pipeline import finalize_config  # (the pipeline builds on this module)
+
+    args = tuple(add_variant_keys(quote_bool_choices(list(overrides))))
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=list(args), return_hydra_config=True)
+    choices = {k: str(v) for k, v in cfg.hydra.runtime.choices.items()}
+    with open_dict(cfg):
+        cfg.pop("hydra")
+    return finalize_config(cfg, choices, args), choices

@@ -7,29 +7,19 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # before anything imports torch: one thread per test process
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from core.cli import add_variant_keys, quote_bool_choices  # noqa: E402
-from core.compat import CONF_DIR  # noqa: E402
-from core.pipeline import finalize_config  # noqa: E402
+from core.cli import compose_run  # noqa: E402
 
 
 def compose_with_choices(*overrides: str) -> tuple[DictConfig, dict[str, str]]:
-    """The config `python main.py <overrides>` would run (Hydra node removed, the plugins' env and budget
-    variants applied) and its group choices."""
-    overrides = tuple(add_variant_keys(quote_bool_choices(list(overrides))))
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=list(overrides), return_hydra_config=True)
-    choices = {k: str(v) for k, v in cfg.hydra.runtime.choices.items()}
-    with open_dict(cfg):
-        cfg.pop("hydra")
-    return finalize_config(cfg, choices, overrides), choices
+    """The config `python main.py <overrides>` would run and its group choices (core.cli.compose_run)."""
+    return compose_run(*overrides)
 
 
 def compose_config(*overrides: str) -> DictConfig:
