@@ -33,7 +33,7 @@ Precision = Literal["32", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64"
 def rank() -> int:
     """This process's global rank in a data-parallel run (0 when there is none), as Lightning reads it from the
     environment its launchers and SLURM set (RANK, LOCAL_RANK, SLURM_PROCID)."""
-    return int(rank_zero_only.rank)
+    return int(rank_zero_only.rank)  # type: ignore[attr-defined]  # (set by Lightning at import)
 
 
 def available_cores() -> int:

@@ -230,9 +230,10 @@ def run_pipeline(cfg: DictConfig, choices: dict[str, str], output_dir: Path, swe
     """Run every stage the config asks for (or, with resume=PATH, those a stopped run left); returns the
     final metrics.
 
-    choices: the option picked in each config group (for names, tags and messages). sweep_dir, job: the
-    multirun's sweep folder (the run attaches to the sweep's parent run) and the job's number (added to
-    the run name). overrides: the command line's overrides (a tag, and the resume command).
+    choices: the option picked in each config group (for names, tags and messages). sweep_dir, job: a
+    multirun job's sweep folder (None outside a multirun: a job whose own folder holds a run already is a
+    requeued one, which continues it) and its number (added to the run name). overrides: the command line's
+    overrides (a tag, and the resume command).
     """
     overrides = list(overrides)
     _check_preset(choices)
@@ -344,13 +345,12 @@ def run_pipeline(cfg: DictConfig, choices: dict[str, str], output_dir: Path, swe
 
     if rank() > 0:  # a follower of a data-parallel run: the data-parallel stages' fits with rank 0, nothing else
         return follow(stages, settings, artifacts, context, lambda: RunState.load(settings.checkpoints))
-    return _run(cfg, stages, settings, tracker, artifacts, context, choices, name, sweep_dir, overrides, init_tags,
-                resuming)
+    return _run(cfg, stages, settings, tracker, artifacts, context, choices, name, overrides, init_tags, resuming)
 
 
 def _run(cfg: DictConfig, stages: list[Stage], s: Settings, tracker: Tracker, artifacts: Artifacts,
          context: Callable[[Stage, Settings], RunContext], choices: dict[str, str], name: str,
-         sweep_dir: Path | None, overrides: list[str], init_tags: dict[str, str], resuming: bool) -> dict[str, float]:
+         overrides: list[str], init_tags: dict[str, str], resuming: bool) -> dict[str, float]:
     output_dir = s.checkpoints.parent
     s.checkpoints.mkdir(parents=True, exist_ok=True)
     tags = ({f"choice.{g}": choices[g] for g in GROUPS} | ({"overrides": " ".join(overrides)} if overrides else {})
@@ -367,7 +367,7 @@ def _run(cfg: DictConfig, stages: list[Stage], s: Settings, tracker: Tracker, ar
                 tracker.set_tag(tag, value)
         state.pid, state.host = os.getpid(), socket.gethostname()
     else:
-        state = RunState(tracker.start(name, cfg, sweep_dir, tags))
+        state = RunState(tracker.start(name, cfg, tags))
         OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
         tracker.log_artifact(output_dir / "config.yaml")
     state.save(s.checkpoints)

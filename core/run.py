@@ -98,9 +98,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
 # ---------------------------------------------------------------- data order that survives a restart
 class ResumableSampler(Sampler[int]):
     """Indices 0..n-1, each epoch in a fresh random order (shuffle) or in order, that can start an epoch
-    part-way after a restart. split: in a data-parallel fit, each process takes every world-th index of the
-    epoch's order from its rank on (the last n % world dropped, so that every process takes as many steps), so
-    that their batches together are one process's batch of world times the size (None: when shuffling).
+    part-way after a restart. A shuffled one (a training set) is split in a data-parallel fit: each process
+    takes every world-th index of the epoch's order from its rank on (the last n % world dropped, so that every
+    process takes as many steps), so that their batches together are one process's batch of world times the size.
 
     The random order is drawn exactly as torch's RandomSampler draws it (a seed from the global torch
     generator when the epoch's first index is taken, then randperm), so a run's random stream is the same
@@ -108,16 +108,15 @@ class ResumableSampler(Sampler[int]):
     after `load_state_dict`, the next epoch is that one, without the indices already taken.
     """
 
-    def __init__(self, n: int, shuffle: bool = True, split: bool | None = None) -> None:
+    def __init__(self, n: int, shuffle: bool = True) -> None:
         self.n, self.shuffle = n, shuffle
-        self.split = shuffle if split is None else split
         self.seed: int | None = None
         self.taken = 0
         self._resume: tuple[int | None, int] | None = None
 
     def _share(self) -> tuple[int, int]:
         """(rank, world size) of this process in a data-parallel fit, else (0, 1)."""
-        if self.split and torch.distributed.is_available() and torch.distributed.is_initialized():
+        if self.shuffle and torch.distributed.is_available() and torch.distributed.is_initialized():
             return torch.distributed.get_rank(), torch.distributed.get_world_size()
         return 0, 1
 
@@ -152,8 +151,8 @@ class ResumableLoader(DataLoader):
     state_dict interface of Lightning's resumable loaders). `batch_size=None` yields single indices."""
 
     def __init__(self, dataset: Dataset | range, batch_size: int | None, shuffle: bool = True,
-                 split: bool | None = None, **kwargs: Any) -> None:
-        self.resumable = ResumableSampler(len(dataset), shuffle, split)  # type: ignore[arg-type]
+                 **kwargs: Any) -> None:
+        self.resumable = ResumableSampler(len(dataset), shuffle)  # type: ignore[arg-type]
         super().__init__(dataset, batch_size=batch_size, sampler=self.resumable, **kwargs)  # type: ignore[arg-type]
 
     def state_dict(self) -> dict[str, Any]:
@@ -351,10 +350,14 @@ class RunContext:
         return replace(self, checkpoint=None, data_parallel=False)
 
     @property
+    def spread(self) -> bool:
+        """Whether this fit is the stage's own data-parallel one (nested fits never are)."""
+        return self.data_parallel and self.checkpoint is not None
+
+    @property
     def processes(self) -> int:
         """The processes the stage's own fit runs in (several: a data-parallel stage with trainer=ddp|fsdp)."""
-        return self.devices.devices if self.data_parallel and self.checkpoint is not None and self.devices.distributed \
-            else 1
+        return self.devices.devices if self.spread and self.devices.distributed else 1
 
     def per_process(self, batch_size: int) -> int:
         """Each process's share of a fit's batch: a plugin's batch_size is the global batch, whatever the devices."""
@@ -386,7 +389,7 @@ class RunContext:
         if self.checkpoint is not None:
             callbacks.append(StageCheckpoint(self.checkpoint, self.tracker))
         settings: dict[str, Any] = dict(
-            **self.devices.fit_settings(self.data_parallel and self.checkpoint is not None),
+            **self.devices.fit_settings(self.spread),
             use_distributed_sampler=False,  # ResumableLoader splits the training data itself; validation is whole
             max_steps=max_steps, max_epochs=-1,
             logger=TrackerLogger(self.tracker, self.rename or {}, self.step_offset), callbacks=callbacks,

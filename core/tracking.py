@@ -62,11 +62,10 @@ class Tracker:
         self.non_finite: dict[str, tuple[int, int]] = {}  # key -> (count, first step) of nan/inf values
         self.output_dir: Path | None = None  # the run's output folder (metrics.jsonl), once known
 
-    def start(self, run_name: str, config: DictConfig, sweep_dir: Path | None = None,
-              tags: dict[str, str] | None = None) -> str | None:
-        """Begin a run; `sweep_dir` is the Hydra sweep directory of a multirun job, else None;
-        `tags` are recorded with it (group choices, overrides; rexlab.output_dir names the folder that
-        metrics.jsonl goes to). Returns the run's id, if it has one."""
+    def start(self, run_name: str, config: DictConfig, tags: dict[str, str] | None = None) -> str | None:
+        """Begin a run (a multirun job's under the sweep's parent, tracking.parent_run_id); `tags` are recorded
+        with it (group choices, overrides; rexlab.output_dir names the folder that metrics.jsonl goes to).
+        Returns the run's id, if it has one."""
         if tags and tags.get(OUTPUT_DIR_TAG):
             self.output_dir = Path(tags[OUTPUT_DIR_TAG])
         return None
@@ -259,9 +258,8 @@ class MlflowTracker(Tracker):
             self._call(self.client.set_experiment_tag, exp.experiment_id, KIND, "custom_model_development")
         return str(exp.experiment_id)
 
-    def start(self, run_name: str, config: DictConfig, sweep_dir: Path | None = None,
-              tags: dict[str, str] | None = None) -> str | None:
-        super().start(run_name, config, sweep_dir, tags)
+    def start(self, run_name: str, config: DictConfig, tags: dict[str, str] | None = None) -> str | None:
+        super().start(run_name, config, tags)
         tags = {"mlflow.runName": run_name, **(tags or {})}
         if self.parent_run_id:
             tags["mlflow.parentRunId"] = self.parent_run_id
