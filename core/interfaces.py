@@ -89,6 +89,12 @@ class Environment(ABC):
         make_vec's copies observe, for videos of a policy; None where the task cannot render."""
         return None
 
+    def frames(self, obs: np.ndarray) -> np.ndarray | None:
+        """RGB frames (T, H, W, 3) uint8 showing the states behind observations `obs` (T, *obs_shape), drawn
+        by the renderer of make_render_env, for people comparing fragments (preference=human); None where the
+        task cannot show a state from its observation alone (the default)."""
+        return None
+
     def snapshot(self, envs: gym.vector.VectorEnv) -> Any | None:
         """What `restore` needs to continue `envs` (made by make_vec) exactly where they are, episodes
         in progress and random streams included, after the process restarts (a checkpoint); None where

@@ -130,3 +130,19 @@ class Preferences(Generic[Item]):
         """The `count` best items by score (all if None), best first; source order without scores."""
         order = np.arange(len(self.items)) if self.scores is None else np.argsort(-self.scores, kind="stable")
         return [self.items[i] for i in order[:count]]
+
+
+def cut_fragments(trajs: list[Trajectory], count: int, length: int, rng: np.random.Generator) -> list[Trajectory]:
+    """`count` fragments of up to `length` steps, each starting at a step drawn uniformly from all
+    possible starts: any step of a trajectory that ended (info["terminated"]; the fragment is cut
+    at the end), only starts leaving `length` steps in one cut by a time limit (or whole, if shorter)."""
+    starts = np.array([len(t) if t.info.get("terminated") else max(1, len(t) - length + 1) for t in trajs])
+    offsets = np.cumsum(starts)
+    out = []
+    for g in rng.integers(offsets[-1], size=count):
+        k = int(np.searchsorted(offsets, g, side="right"))
+        start = int(g - (offsets[k] - starts[k]))
+        fragment = trajs[k].snippet(start, min(length, len(trajs[k]) - start))
+        fragment.info["fragment_of"] = k
+        out.append(fragment)
+    return out

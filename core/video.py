@@ -3,6 +3,7 @@ inline by the MLflow UI; Pillow comes with matplotlib, so no video codec is need
 
 from __future__ import annotations
 
+import io
 import logging
 from pathlib import Path
 
@@ -12,6 +13,15 @@ from PIL import Image
 from core.interfaces import Environment, Policy
 
 log = logging.getLogger(__name__)
+
+
+def encode_gif(frames: list[np.ndarray] | np.ndarray, fps: int = 30) -> bytes:
+    """RGB frames (T, H, W, 3) -> an animated GIF that loops forever, as bytes."""
+    images = [Image.fromarray(np.asarray(f).astype(np.uint8)) for f in frames]
+    out = io.BytesIO()
+    images[0].save(out, format="GIF", save_all=True, append_images=images[1:], duration=max(1, round(1000 / fps)),
+                   loop=0)
+    return out.getvalue()
 
 
 def record_episode(policy: Policy, env: Environment, path: Path, seed: int, max_steps: int = 1000,
@@ -41,6 +51,5 @@ def record_episode(policy: Policy, env: Environment, path: Path, seed: int, max_
     finally:
         render_env.close()
     path.parent.mkdir(parents=True, exist_ok=True)
-    images = [Image.fromarray(f.astype(np.uint8)) for f in frames]
-    images[0].save(path, save_all=True, append_images=images[1:], duration=max(1, round(1000 / fps)), loop=0)
+    path.write_bytes(encode_gif(frames, fps))
     return path, f"{steps} steps, true return {total:.1f}" + (" (cut at video.max_steps)" if steps >= max_steps else "")

@@ -102,6 +102,12 @@ class AtariEnv(Environment):
     def make_vec(self, num_envs: int) -> gym.vector.VectorEnv:
         return self._vector(num_envs)
 
+    def frames(self, obs: np.ndarray) -> np.ndarray:
+        """The newest frame of each observation's stack, gray, at twice its size: what the agent (and the
+        learned reward) sees."""
+        newest = np.asarray(obs)[:, -1].repeat(2, axis=1).repeat(2, axis=2)
+        return np.repeat(newest[..., None], 3, axis=3).astype(np.uint8)
+
     def signature(self) -> dict[str, Any]:
         """Environment.signature() and the game: a Pong policy has Space Invaders' six actions too."""
         return super().signature() | {"game": self.game}

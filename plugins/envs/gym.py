@@ -6,10 +6,12 @@ import copy
 import logging
 import os
 import pickle
+from collections.abc import Callable
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
+from gymnasium.envs.classic_control.pendulum import PendulumEnv
 from gymnasium.vector import AutoresetMode
 
 from core.interfaces import Environment
@@ -77,6 +79,29 @@ class GymEnv(Environment):
     def make_render_env(self) -> gym.Env:
         return gym.make(self.id, max_episode_steps=self.max_episode_steps, render_mode="rgb_array", **self.kwargs)
 
+    def frames(self, obs: np.ndarray) -> np.ndarray | None:
+        """Each observation's state put into a rendering copy (classic control: the state is the observation,
+        Pendulum's angle from its cosine and sine; MuJoCo: positions and velocities, the excluded x/y
+        positions at 0, which the tracking camera does not show) and rendered; None for other envs."""
+        try:
+            env = self.make_render_env()
+        except Exception:  # e.g. MuJoCo without a working GL backend
+            return None
+        try:
+            env.reset(seed=0)
+            setter = _state_setter(env.unwrapped, obs.shape[1:])
+            if setter is None:
+                return None
+            shown = []
+            for o in obs:
+                setter(np.asarray(o, dtype=np.float64))
+                shown.append(np.asarray(env.render(), dtype=np.uint8))
+            return np.stack(shown)
+        except Exception:
+            return None
+        finally:
+            env.close()
+
     def make_vec(self, num_envs: int) -> gym.vector.VectorEnv:
         return gym.vector.SyncVectorEnv([self._make] * num_envs, autoreset_mode=AutoresetMode.SAME_STEP)
 
@@ -106,6 +131,28 @@ class GymEnv(Environment):
     @property
     def action_space(self) -> gym.Space:
         return self._act_space
+
+
+def _state_setter(env: Any, obs_shape: tuple[int, ...]) -> Callable[[np.ndarray], None] | None:
+    """A function that puts the state behind one observation into `env` (unwrapped), or None where the
+    observation does not determine what is drawn."""
+    if isinstance(env, PendulumEnv):  # obs = (cos th, sin th, th dot); the torque arrow is not observed
+        def pendulum(o: np.ndarray) -> None:
+            env.state, env.last_u = np.array([np.arctan2(o[1], o[0]), o[2]]), None
+        return pendulum
+    if mujoco is not None and isinstance(getattr(env, "data", None), mujoco.MjData):
+        nq, nv, dim = env.model.nq, env.model.nv, int(np.prod(obs_shape))
+        hidden = nq + nv - dim  # positions the observation leaves out (Hopper, HalfCheetah: x; Ant: x, y)
+        if not 0 <= hidden <= 2 or dim != nq - hidden + nv:
+            return None
+        def robot(o: np.ndarray) -> None:
+            env.set_state(np.concatenate([np.zeros(hidden), o[: nq - hidden]]), o[nq - hidden :])
+        return robot
+    if getattr(env, "state", None) is not None and np.shape(env.state) == obs_shape:  # CartPole, MountainCar
+        def plain(o: np.ndarray) -> None:
+            env.state = o.copy()
+        return plain
+    return None
 
 
 def _mujoco_state(env: gym.Env) -> tuple[Any, Any] | None:

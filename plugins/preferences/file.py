@@ -2,13 +2,19 @@
 
 One JSON object a line (the formats of DESIGN.md); blank lines are skipped:
 
-- pair:       {"prompt": str, "chosen": str, "rejected": str}, optional "annotator" (str or int) and
-              "margin" (number, how much better; kept in the items' info, unused by the learners).
+- pair:       {"prompt": str, "chosen": str, "rejected": str}, optional "annotator" (str or int),
+              "margin" (number, how much better; kept in the items' info, unused by the learners) and
+              "probability" (P(chosen is better), in [0, 1]: read as the side it favours, and 0.5, a tie,
+              as the pair both ways, until soft labels reach the reward models' losses).
 - ranking:    {"prompt": str, "responses": [str, ...], "ranking": [best index, ..., worst index]},
               optional "annotator"; "ranking" must be a permutation of the response indices, and a
               ranking of K responses gives its K choose 2 pairs.
 - correction: a ranking line with "correction": true, whose responses[0] is a person's corrected
               response; the ranking must put it first (ranking[0] == 0).
+- skipped:    {"skipped": true, ...}: an annotator's "can't tell" on the labeling page; no preference.
+
+The labeling page's label files (plugins/labeling/store.py) are in this format, with "query", "time" and
+"ids" on every line; those fields are accepted (and checked) on any line.
 
 Every line is checked before anything is returned: a malformed file raises PreferenceFileError
 listing each bad line as FILE:LINE: field 'NAME': problem, and nothing is trained on a part of it.
@@ -29,8 +35,10 @@ from core.jsonl import RecordError, check_text, read_jsonl, text_field
 from core.run import RunContext
 from core.types import Preferences, Response
 
-PAIR_FIELDS = {"prompt", "chosen", "rejected", "annotator", "margin"}
-RANKING_FIELDS = {"prompt", "responses", "ranking", "correction", "annotator"}
+LABEL_FIELDS = {"annotator", "query", "time", "ids"}  # what the labeling page adds (plugins/labeling/store.py)
+PAIR_FIELDS = {"prompt", "chosen", "rejected", "margin", "probability"} | LABEL_FIELDS
+RANKING_FIELDS = {"prompt", "responses", "ranking", "correction"} | LABEL_FIELDS
+SKIP_FIELDS = {"skipped", "prompt"} | LABEL_FIELDS
 
 
 class PreferenceFileError(NamedError, ValueError):
@@ -44,6 +52,12 @@ def _metadata(record: dict[str, Any]) -> dict[str, Any]:
         if isinstance(annotator, bool) or not isinstance(annotator, str | int):
             raise RecordError("annotator", f"must be a string or an integer, got {type(annotator).__name__}")
         info["annotator"] = annotator
+    for name in ("query", "time"):
+        if name in record and not isinstance(record[name], str):
+            raise RecordError(name, f"must be a string, got {type(record[name]).__name__}")
+    if "ids" in record and (not isinstance(record["ids"], list)
+                            or any(i is not None and not isinstance(i, str) for i in record["ids"])):
+        raise RecordError("ids", f"must be a list of item ids (strings or null), got {json.dumps(record['ids'])[:60]}")
     if "margin" in record:
         margin = record["margin"]
         if isinstance(margin, bool) or not isinstance(margin, int | float) or not math.isfinite(margin):
@@ -73,6 +87,12 @@ def parse_record(record: Any, line: int) -> tuple[list[Response], list[tuple[int
     Raises RecordError naming the field at fault."""
     if not isinstance(record, dict):
         raise RecordError(None, f"must be a JSON object, got {type(record).__name__}")
+    if record.get("skipped") is True:  # the labeling page's "can't tell": no preference
+        unknown = sorted(set(record) - SKIP_FIELDS)
+        if unknown:
+            raise RecordError(unknown[0], f"unknown here; a skipped line has {', '.join(sorted(SKIP_FIELDS))}")
+        _metadata(record)
+        return [], []
     is_pair = "chosen" in record or "rejected" in record
     is_ranking = "responses" in record or "ranking" in record
     if is_pair and is_ranking:
@@ -89,7 +109,14 @@ def parse_record(record: Any, line: int) -> tuple[list[Response], list[tuple[int
     info = {"line": line} | _metadata(record)
     if is_pair:
         chosen, rejected = text_field(record, "chosen"), text_field(record, "rejected")
-        return [Response(prompt, chosen, info=dict(info)), Response(prompt, rejected, info=dict(info))], [(0, 1)]
+        responses = [Response(prompt, chosen, info=dict(info)), Response(prompt, rejected, info=dict(info))]
+        if "probability" not in record:
+            return responses, [(0, 1)]
+        p = record["probability"]
+        if isinstance(p, bool) or not isinstance(p, int | float) or not 0 <= p <= 1:
+            raise RecordError("probability", f"must be a number in [0, 1] (P(chosen is better)), got "
+                                             f"{json.dumps(p)[:40]}")
+        return responses, [(0, 1), (1, 0)] if p == 0.5 else [(0, 1)] if p > 0.5 else [(1, 0)]
 
     if "responses" not in record:
         raise RecordError("responses", "missing")

@@ -57,7 +57,9 @@ from core.interfaces import (
 from core.labels import annotator_factors, annotator_scales, calibrate, label
 from core.run import RunContext
 from core.schema import NonNegative, NonNegativeInt, Positive, PositiveInt, Range
-from core.types import Preferences, Trajectory
+from core.types import Preferences, Trajectory, cut_fragments
+from plugins.labeling.queries import clip_queries, preference_pairs
+from plugins.labeling.server import WebLabeler
 
 
 class UniformPolicy(Policy):
@@ -82,22 +84,6 @@ def label_schedule(budget: int, rounds: int, horizon: int, decay_steps: float) -
     return steps.astype(np.int64), np.diff(due, prepend=0)
 
 
-def cut_fragments(trajs: list[Trajectory], count: int, length: int, rng: np.random.Generator) -> list[Trajectory]:
-    """`count` fragments of up to `length` steps, each starting at a step drawn uniformly from all
-    possible starts: any step of a trajectory that ended (info["terminated"]; the fragment is cut
-    at the end), only starts leaving `length` steps in one cut by a time limit (or whole, if shorter)."""
-    starts = np.array([len(t) if t.info.get("terminated") else max(1, len(t) - length + 1) for t in trajs])
-    offsets = np.cumsum(starts)
-    out = []
-    for g in rng.integers(offsets[-1], size=count):
-        k = int(np.searchsorted(offsets, g, side="right"))
-        start = int(g - (offsets[k] - starts[k]))
-        fragment = trajs[k].snippet(start, min(length, len(trajs[k]) - start))
-        fragment.info["fragment_of"] = k
-        out.append(fragment)
-    return out
-
-
 def preference_variance(member_returns: np.ndarray) -> np.ndarray:
     """member_returns (M, 2C), pairs as consecutive columns -> the variance across members of
     each member's predicted P(first preferred) = sigmoid(R_first - R_second), (C,)."""
@@ -116,7 +102,8 @@ class OnlinePreferences(PreferenceSource):
                  selection: Literal["disagreement", "uniform"] = "disagreement",
                  candidates_per_query: PositiveInt = 10, agreement: Annotated[float, Range(gt=0.5, le=1)] = 1.0,
                  noise: Literal["boltzmann", "flip"] = "boltzmann", annotators: PositiveInt = 1,
-                 annotator_spread: NonNegative = 0.5) -> None:
+                 annotator_spread: NonNegative = 0.5, labeler: Literal["synthetic", "human"] = "synthetic",
+                 web: WebLabeler | None = None, fps: PositiveInt = 20) -> None:
         self.num_queries, self.initial = num_queries, max(1, int(round(num_queries * initial_fraction)))
         if rounds == 0:
             self.initial = num_queries
@@ -127,6 +114,10 @@ class OnlinePreferences(PreferenceSource):
         self.scales: np.ndarray | None = None  # the annotators' noise, fixed by the first informative batch
         self.correct = self.informative = 0
         self.rng = np.random.default_rng(0)  # the labeler's random stream, seeded by the run in `gather`
+        self.web = web if labeler == "human" else None  # people on the labeling page instead of the simulated oracle
+        if labeler == "human" and web is None:
+            raise ValueError("preference.labeler=human needs the labeling page's settings, preference.web")
+        self.fps = fps
 
     # ------------------------------------------------------------ asking the labeler
     def query(self, policy: Policy, prefs: Preferences, count: int, env: Environment, run: RunContext,
@@ -148,6 +139,9 @@ class OnlinePreferences(PreferenceSource):
             run.log({"preference/disagreement_candidates": float(variance.mean()),
                      "preference/disagreement_asked": float(variance[chosen].mean())}, step)
         items = [fragments[i] for k in chosen for i in (2 * k, 2 * k + 1)]
+        if self.web is not None:
+            self.ask_people(items, trajs, prefs, env, run, step)
+            return
         first = np.array([t.true_return for t in items[0::2]])
         second = np.array([t.true_return for t in items[1::2]])
         informative = first != second
@@ -171,6 +165,28 @@ class OnlinePreferences(PreferenceSource):
         run.log({"preference/queries": len(prefs.pairs), "preference/informative_queries": self.informative,
                  "preference/label_agreement": self.correct / max(self.informative, 1),
                  "preference/rollout_return": float(np.mean([t.true_return for t in trajs]))}, step)
+
+    def ask_people(self, items: list[Trajectory], trajs: list[Trajectory], prefs: Preferences, env: Environment,
+                   run: RunContext, step: int) -> None:
+        """preference.labeler=human: the fragment pairs `items` go to the labeling page; the policy waits until
+        they are labeled (preference.web.timeout), then their pairs (none for a skip, both ways for a tie) join
+        `prefs`. A kill while it waits loses no label: a resumed run comes back to this round from the
+        optimizer's last checkpoint with the same fragments, and the page asks only the unlabeled ones."""
+        assert self.web is not None
+        self.web.open(run, f"rexlab · {run.name or env.name} (online)",
+                      f"Which clip shows the {env.name} agent doing its task better?")
+        base, demo_base = len(prefs.items), len(prefs.demos)
+        queries = clip_queries(items, env, self.fps, base=base)
+        labels = self.web.ask(queries, run)
+        for item in items:
+            item.info["fragment_of"] += demo_base
+        prefs.items.extend(items)
+        prefs.demos.extend(trajs)
+        pairs = preference_pairs(queries, labels, prefs.items)
+        prefs.pairs = np.concatenate([prefs.pairs, np.array(pairs, dtype=np.int64).reshape(-1, 2)])
+        rollout_return = float(np.mean([t.true_return for t in trajs]))
+        run.log(self.web.metrics(queries) | {"preference/queries": len(prefs.pairs),
+                                             "preference/rollout_return": rollout_return}, step)
 
     # ------------------------------------------------------------ the PreferenceSource interface
     def gather(self, env: Environment, run: RunContext, policy: SavedPolicy | None = None) -> Preferences:
