@@ -74,7 +74,8 @@ class WebLabeler:
         self.token = secrets.token_urlsafe(18)
         self.store: LabelStore | None = None
         self.server: ThreadingHTTPServer | None = None
-        self.active: list[str] = []
+        self.active: list[str] = []  # the queries waiting for labels now
+        self.asked: dict[str, None] = {}  # every query asked so far (the page's progress counts them all)
         self.leases: dict[str, tuple[str, float]] = {}
         self.title = ""
         self.corrections = False
@@ -118,6 +119,7 @@ class WebLabeler:
         store.add_queries(queries)
         with self.lock:
             self.active += [q.id for q in queries if q.id not in self.active]
+            self.asked |= dict.fromkeys(q.id for q in queries)
         need = self.labels_per_query * len(queries)
         have = self._have(queries)
         if have:
@@ -177,8 +179,8 @@ class WebLabeler:
         assert self.store is not None
         with self.lock:
             active = [self.store.queries[q] for q in self.active]
-        labels = {q.id: self.store.of(q.id) for q in active}
-        mine = sum(any(label.annotator == annotator for label in labels[q.id]) for q in active)
+        labels = {q: self.store.of(q) for q in self.asked}
+        mine = sum(any(label.annotator == annotator for label in group) for group in labels.values())
         open_ = [q for q in active if len(labels[q.id]) < self.labels_per_query
                  and all(label.annotator != annotator for label in labels[q.id])]
         now = time.monotonic()
@@ -189,7 +191,7 @@ class WebLabeler:
             if chosen is not None:
                 self.leases[chosen.id] = (annotator, now)
         progress = {"labeled": sum(min(len(v), self.labels_per_query) for v in labels.values()),
-                    "needed": self.labels_per_query * len(active), "mine": mine, "left_for_me": len(open_)}
+                    "needed": self.labels_per_query * len(labels), "mine": mine, "left_for_me": len(open_)}
         return chosen, progress
 
     def receive(self, body: dict[str, Any]) -> Label:
