@@ -124,7 +124,8 @@ def test_labels_by_click_and_key_survive_a_reload_and_a_second_browser_sees_only
         assert second.find_element(By.ID, "prompt").text == "rank us" and labeled(second) == 3
         assert first.find_element(By.ID, "prompt").text == "prompt 3"
         answer(first, "key:0")  # can't tell
-        assert second.find_element(By.ID, "submit").is_displayed() and not second.find_element(By.ID, "left").is_displayed()
+        assert second.find_element(By.ID, "submit").is_displayed()
+        assert not second.find_element(By.ID, "left").is_displayed()
         body = second.find_element(By.TAG_NAME, "body")
         body.send_keys("3")
         body.send_keys("1")  # three, one, (two implied)
@@ -138,7 +139,8 @@ def test_labels_by_click_and_key_survive_a_reload_and_a_second_browser_sees_only
         labeler.close()
     lines = [json.loads(line) for line in (tmp_path / "labels.jsonl").read_text().splitlines()]
     assert [(x["annotator"], x.get("chosen"), x.get("probability"), x.get("skipped")) for x in lines[:4]] == [
-        ("ada", "left answer 0", None, None), ("ada", "right answer 1", None, None), ("ada", "left answer 2", 0.5, None),
+        ("ada", "left answer 0", None, None), ("ada", "right answer 1", None, None),
+        ("ada", "left answer 2", 0.5, None),
         ("ada", None, None, True)]
     assert lines[4]["responses"] == ["zero, the best", "three", "one", "two"] and lines[4]["correction"] is True
     assert [len(done["labels"][q.id]) for q in [*pairs, ranking]] == [1, 1, 1, 1, 1]

@@ -136,7 +136,8 @@ def test_the_server_takes_only_well_formed_labels_with_the_token(served: tuple[W
     good = {"token": token, "annotator": "ada", "query": queries[0].id, "choice": "left"}
     for bad, field in [(good | {"token": "nope"}, "token"), (good | {"annotator": ""}, "annotator"),
                        (good | {"annotator": "x" * 65}, "annotator"), (good | {"query": "../labels"}, "query"),
-                       (good | {"choice": "up"}, "choice"), (good | {"choice": "skip", "correction": "x"}, "correction"),
+                       (good | {"choice": "up"}, "choice"),
+                       (good | {"choice": "skip", "correction": "x"}, "correction"),
                        ({**good, "query": queries[1].id, "ranking": [0, 0, 1]}, "ranking"),
                        ({**good, "query": queries[2].id, "choice": "left", "correction": "text"}, "correction")]:
         status, reply = client.post(bad)
