@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test lint bench gpu-check ui server clean
+.PHONY: setup browser run test lint bench gpu-check ui server clean
 
 setup: $(STAMP)
 
@@ -24,7 +24,17 @@ $(STAMP): pyproject.toml requirements-models.txt
 run: setup
 	$(BIN)/python main.py
 
-test: setup
+# browser: Debian's Chromium and ChromeDriver, for the labeling page's browser tests (installed as root with apt-get;
+# without root or apt they are not installed, and those tests skip, saying why)
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "== Chromium and ChromeDriver (Debian packages) for the labeling page's browser tests"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+			chromium chromium-driver >/dev/null; \
+	else echo "== Chromium or ChromeDriver missing and no root to install them: the browser tests will skip"; fi
+
+test: setup browser
 	$(BIN)/python -m pytest -q -m "not slow" tests
 
 lint: setup

@@ -154,7 +154,7 @@ class Run:
         env = os.environ | {"OMP_NUM_THREADS": "1", "MLFLOW_TRACKING_URI": f"sqlite:///{cwd / 'mlflow.db'}"}
         with open(self.log, "w") as out:
             self.process = subprocess.Popen([sys.executable, str(ROOT / "main.py"), "progress=false",
-                                             "preference.web.port=0", *overrides],
+                                             "preference.web.port=0", "video.enabled=false", *overrides],
                                             cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
 
     def output(self) -> str:
@@ -181,7 +181,7 @@ def label_all(driver: WebDriver, url: str, count: int, name: str = "ada") -> Non
 
 def test_pendulum_clips_labeled_in_the_browser_train_the_reward_and_a_kill_loses_no_label(
         in_tmp: Path, browsers: Any) -> None:
-    command = ("env=pendulum", "preference=human", "experiment=debug")
+    command = ("env=pendulum", "preference=human", "experiment=debug", "evaluation.episodes=2")
     first = Run(in_tmp, *command)
     driver = browsers()
     sign_in(driver, first.url(), "ada")
@@ -228,6 +228,7 @@ def test_the_text_track_trains_its_reward_model_on_labels_from_the_page(in_tmp: 
 
 def test_online_preferences_wait_for_each_round_of_labels_from_the_page(in_tmp: Path, browsers: Any) -> None:
     run = Run(in_tmp, "env=pendulum", "preference=online", "preference.labeler=human", "experiment=debug",
+              "evaluation.episodes=2",
               "preference.num_queries=6", "preference.rounds=2", "preference.selection=uniform")
     driver = browsers()
     label_all(driver, run.url(), 6)  # 2 before RL, then 2 in each of 2 rounds while PPO waits
