@@ -38,6 +38,8 @@ from typing import Any
 
 import numpy as np
 
+from core.errors import NamedError
+
 log = logging.getLogger(__name__)
 
 
@@ -134,6 +136,10 @@ class Label:
         return cls(query.id, annotator, order, tie=record.get("probability") == 0.5, correction=correction, time=when)
 
 
+class LabelFileError(NamedError, ValueError):
+    """A label file with a line that is no label (not the torn last line of a kill)."""
+
+
 class LabelStore:
     """The label file and the labels in it, safe to use from the server's threads and the run's at once.
 
@@ -169,7 +175,8 @@ class LabelStore:
                     with open(self.path, "r+b") as f:  # so that the next label starts a line of its own
                         f.truncate(len(raw) - len(line))
                     continue
-                raise ValueError(f"{self.path}:{number}: not a label line ({err})") from err
+                raise LabelFileError(f"preference.web.labels {self.path}:{number}: not a label line ({err}); the "
+                                     f"file is not changed: fix or remove that line, or name another file") from err
             self.pending[f"{key[0]}\0{key[1]}"] = record
 
     def add_queries(self, queries: Sequence[Query]) -> None:

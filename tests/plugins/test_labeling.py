@@ -20,7 +20,15 @@ from core.types import Trajectory
 from plugins.envs.gym import GymEnv
 from plugins.labeling.queries import CannotShowError, clip_queries, preference_pairs, text_queries
 from plugins.labeling.server import LabelingTimeout, WebLabeler
-from plugins.labeling.store import Label, LabelStore, Query, annotator_agreement, content_id, truth_agreement
+from plugins.labeling.store import (
+    Label,
+    LabelFileError,
+    LabelStore,
+    Query,
+    annotator_agreement,
+    content_id,
+    truth_agreement,
+)
 from plugins.preferences.file import read_preference_file
 
 
@@ -54,6 +62,11 @@ def test_labels_survive_a_restart_and_a_torn_last_line_is_dropped(tmp_path: Path
     assert path.read_text().endswith("}\n")  # the torn line is gone: the next label starts a line of its own
     again.add(Label(pair.id, "cy", [1, 0]))
     assert len(path.read_text().splitlines()) == 5
+
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text(path.read_text() + "not json\n" + path.read_text())
+    with pytest.raises(LabelFileError, match=r"broken.jsonl:6: not a label line"):
+        LabelStore(broken)
 
     items: list[Any] = [object()] * 3
     pairs = preference_pairs([ranking], {ranking.id: again.of(ranking.id)}, items)
