@@ -77,7 +77,7 @@ def encode(tokenizer, prefs) -> list[list[int]]:
 
 def rexlab_split(prefs) -> tuple[list[Group], list[Group]]:
     """The training and held-out groups of reward=bradley_terry's fit with seed 0 (its defaults)."""
-    return BradleyTerry().split(preference_groups(prefs), np.random.default_rng(0))
+    return BradleyTerry().split(preference_groups(prefs), prefs.items, np.random.default_rng(0))
 
 
 @torch.no_grad()

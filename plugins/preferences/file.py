@@ -12,6 +12,9 @@ One JSON object a line (the formats of DESIGN.md); blank lines are skipped:
 - correction: a ranking line with "correction": true, whose responses[0] is a person's corrected
               response; the ranking must put it first (ranking[0] == 0).
 - skipped:    {"skipped": true, ...}: an annotator's "can't tell" on the labeling page; no preference.
+- HH-RLHF:    {"chosen": dialogue, "rejected": dialogue} with no prompt (Anthropic's HH-RLHF layout, as TRL
+              reads it): the prompt is the dialogues' shared beginning up to its last "\n\nAssistant:"
+              (earlier turns kept), the responses what follows it in each.
 
 The labeling page's label files (plugins/labeling/store.py) are in this format, with "query", "time" and
 "ids" on every line; those fields are accepted (and checked) on any line.
@@ -82,6 +85,24 @@ def _ranking(record: dict[str, Any], count: int) -> list[int]:
     return ranking
 
 
+ASSISTANT = "\n\nAssistant:"
+
+
+def split_dialogues(chosen: str, rejected: str) -> tuple[str, str, str]:
+    """A pair in the HH-RLHF layout (Bai et al. 2022: two dialogues "\n\nHuman: ...\n\nAssistant: ..." that
+    differ in the last reply) -> (prompt, chosen reply, rejected reply): the prompt is their shared beginning up to
+    its last "\n\nAssistant:", earlier turns included."""
+    shared = chosen[: next((k for k, (a, b) in enumerate(zip(chosen, rejected, strict=False)) if a != b),
+                           min(len(chosen), len(rejected)))]
+    cut = shared.rfind(ASSISTANT)
+    if cut < 0:
+        raise RecordError("prompt", "missing; a pair without one must be two dialogues in the HH-RLHF layout "
+                                    "('\n\nHuman: ...\n\nAssistant: ...') that share their beginning up to the "
+                                    "last 'Assistant:'")
+    end = cut + len(ASSISTANT)
+    return chosen[:end], check_text(chosen[end:], "chosen"), check_text(rejected[end:], "rejected")
+
+
 def parse_record(record: Any, line: int) -> tuple[list[Response], list[tuple[int, int]]]:
     """One line's object -> its responses and pairs (i, j) (i preferred, indices into the responses).
     Raises RecordError naming the field at fault."""
@@ -105,10 +126,13 @@ def parse_record(record: Any, line: int) -> tuple[list[Response], list[tuple[int
     if unknown:
         raise RecordError(unknown[0], f"unknown here; a {'pair' if is_pair else 'ranking'} line has "
                                     f"{', '.join(sorted(allowed))}")
-    prompt = text_field(record, "prompt", allow_empty=True)
     info = {"line": line} | _metadata(record)
     if is_pair:
         chosen, rejected = text_field(record, "chosen"), text_field(record, "rejected")
+        if "prompt" in record:
+            prompt = text_field(record, "prompt", allow_empty=True)
+        else:  # the HH-RLHF layout: two whole dialogues
+            prompt, chosen, rejected = split_dialogues(chosen, rejected)
         responses = [Response(prompt, chosen, info=dict(info)), Response(prompt, rejected, info=dict(info))]
         if "probability" not in record:
             return responses, [(0, 1)]
@@ -118,6 +142,7 @@ def parse_record(record: Any, line: int) -> tuple[list[Response], list[tuple[int
                                              f"{json.dumps(p)[:40]}")
         return responses, [(0, 1), (1, 0)] if p == 0.5 else [(0, 1)] if p > 0.5 else [(1, 0)]
 
+    prompt = text_field(record, "prompt", allow_empty=True)
     if "responses" not in record:
         raise RecordError("responses", "missing")
     texts = record["responses"]

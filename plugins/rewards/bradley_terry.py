@@ -23,8 +23,12 @@ papers' 64 suits their 64k comparisons rather than the hundreds to thousands tha
 The reference set for the shift is every response of the preference data. Pooling follows the
 backbone: the mean over tokens for a sentence encoder (how MiniLM was trained), the last token for a
 causal LM (as in the papers).
-`val_fraction` of the rankings (whole connected groups of pairs, so no held-out pair shares a response
-with training) are held out for reward/val_loss and reward/val_pair_accuracy.
+The prompts of `val_fraction` of the rankings are held out, every pair to them, for reward/val_loss and
+reward/val_pair_accuracy: no held-out pair shares a prompt (so no response either) with training (a split
+by pair or by ranking would leak: preference=synthetic pairs each response with several others, and
+files repeat pairs). Before that, `tidy` drops exact repeats of a pair (same prompt, chosen and rejected)
+and pairs of a response with itself, and counts the pairs that come in both orders (ties from the
+labeling page, or labelers who disagree), each with a warning.
 """
 
 from __future__ import annotations
@@ -146,6 +150,38 @@ def preference_groups(prefs: Preferences) -> list[Group]:
     return groups
 
 
+def tidy(prefs: Preferences) -> Preferences:
+    """The preferences without exact repeats of a pair (same prompt, chosen and rejected text: the first is kept)
+    and without pairs of a text with itself, each dropped count said in a warning, as is the count of pairs whose
+    reverse is there too (kept: ties, or labelers who disagree, pull the two scores together)."""
+    seen: set[tuple[str, str, str]] = set()
+    keep, repeats, same = [], 0, 0
+    for k, (i, j) in enumerate(prefs.pairs):
+        a, b = prefs.items[int(i)], prefs.items[int(j)]
+        key = (a.prompt, a.text, b.text)
+        if a.text == b.text:
+            same += 1
+        elif key in seen:
+            repeats += 1
+        else:
+            seen.add(key)
+            keep.append(k)
+    both_ways = sum((prompt, b, a) in seen for prompt, a, b in seen)
+    if repeats:
+        log.warning("reward: %d of %d preference pairs repeat an earlier pair exactly (same prompt, chosen and "
+                    "rejected); each is used once", repeats, len(prefs.pairs))
+    if same:
+        log.warning("reward: %d preference pair(s) compare a response with itself (chosen == rejected); dropped",
+                    same)
+    if both_ways:
+        log.warning("reward: %d preference pairs also appear the other way round (ties, or labelers who "
+                    "disagree); both are kept", both_ways)
+    if len(keep) == len(prefs.pairs):
+        return prefs
+    return Preferences(items=prefs.items, pairs=prefs.pairs[keep], scores=prefs.scores,
+                       demonstrations=prefs.demonstrations, baselines=prefs.baselines)
+
+
 def encode_pairs(tokenizer: Any, prompts: Sequence[str], responses: Sequence[str], max_length: int) -> list[list[int]]:
     """Token ids of each (prompt, response) as a text pair, truncated to max_length, longest part first."""
     encoded = tokenizer(list(prompts), list(responses), truncation="longest_first", max_length=max_length)
@@ -263,7 +299,8 @@ class BradleyTerry(RewardModel):
             torch.manual_seed(run.seed)
             self.net = RewardNet(backbone, self.pooling)
         encodings = self.encode([r.prompt for r in prefs.items], [r.text for r in prefs.items])
-        train, val = self.split(preference_groups(prefs), np.random.default_rng(run.seed))
+        prefs = tidy(prefs)
+        train, val = self.split(preference_groups(prefs), prefs.items, np.random.default_rng(run.seed))
         steps_per_epoch = math.ceil(len(train) / self.batch_size)
         total = steps_per_epoch * self.epochs
         collate_fn = partial(collate, encodings=encodings, pad_id=int(self.tokenizer.pad_token_id))
@@ -300,16 +337,26 @@ class BradleyTerry(RewardModel):
         loss, accuracy = pair_metrics(outputs)
         return {"reward/val_loss": loss, "reward/val_pair_accuracy": accuracy}
 
-    def split(self, groups: list[Group], rng: np.random.Generator) -> tuple[list[Group], list[Group]]:
-        """Hold out `val_fraction` of the groups (at least one when val_fraction > 0)."""
+    def split(self, groups: list[Group], items: Sequence[Response],
+              rng: np.random.Generator) -> tuple[list[Group], list[Group]]:
+        """Hold out every group of randomly drawn prompts until they hold `val_fraction` of the groups (at least
+        one prompt when val_fraction > 0, and never all of them)."""
         if self.val_fraction == 0:
             return groups, []
-        if len(groups) < 2:
-            raise ValueError(f"reward.val_fraction={self.val_fraction} holds out whole rankings, but the "
-                             f"preferences form {len(groups)} group; set reward.val_fraction=0")
-        order = rng.permutation(len(groups))
-        n_val = min(len(groups) - 1, max(1, round(len(groups) * self.val_fraction)))
-        return [groups[k] for k in order[n_val:]], [groups[k] for k in order[:n_val]]
+        by_prompt: dict[str, list[int]] = {}
+        for k, (members, _) in enumerate(groups):
+            by_prompt.setdefault(items[int(members[0])].prompt, []).append(k)
+        if len(by_prompt) < 2:
+            raise ValueError(f"reward.val_fraction={self.val_fraction} holds out whole prompts, but the "
+                             f"preferences have {len(by_prompt)} prompt; set reward.val_fraction=0")
+        prompts = list(by_prompt)
+        wanted, held = max(1, round(len(groups) * self.val_fraction)), list[int]()
+        for k in rng.permutation(len(prompts))[: len(prompts) - 1]:
+            if len(held) >= wanted:
+                break
+            held += by_prompt[prompts[k]]
+        held_set = set(held)
+        return [g for k, g in enumerate(groups) if k not in held_set], [groups[k] for k in sorted(held_set)]
 
     @torch.no_grad()
     def _raw_scores(self, encodings: list[list[int]]) -> np.ndarray:

@@ -21,6 +21,7 @@ from plugins.rewards.bradley_terry import (
     last_token_pool,
     mean_pool,
     preference_groups,
+    tidy,
 )
 from plugins.rewards.trex import TREX
 from tests.plugins.text_data import sentiment_records, write_jsonl
@@ -100,3 +101,31 @@ def test_bradley_terry_refuses_trajectories_and_single_group_hold_outs(tmp_path:
 def test_control_reward_models_refuse_to_score_text() -> None:
     with pytest.raises(NotImplementedError, match="TREX scores observations, not text"):
         TREX().score(["p"], ["r"])
+
+
+def test_held_out_pairs_share_no_prompt_or_response_with_training(caplog: pytest.LogCaptureFixture) -> None:
+    """As preference=synthetic pairs them: each response to a prompt against each other one, as separate items,
+    with a repeated pair, a response against itself and a pair both ways (a tie) among them."""
+    rng = np.random.default_rng(0)
+    items, pairs = [], []
+    for p in range(30):
+        texts = [f"prompt {p} response {k}" for k in range(4)]
+        for a in range(4):
+            for b in range(a + 1, 4):
+                items += [Response(f"prompt {p}", texts[a]), Response(f"prompt {p}", texts[b])]
+                first, second = len(items) - 2, len(items) - 1
+                pairs.append((first, second) if rng.random() < 0.5 else (second, first))
+    items += [Response("prompt 0", "prompt 0 response 0"), Response("prompt 0", "prompt 0 response 0")]
+    pairs += [pairs[0], pairs[1], (len(items) - 2, len(items) - 1), tuple(reversed(pairs[2]))]
+    with caplog.at_level("WARNING"):
+        prefs = tidy(Preferences(items, np.array(pairs)))
+    assert len(prefs.pairs) == 30 * 6 + 1  # the two repeats and the self-pair dropped, the reversed pair kept
+    assert "2 of 184 preference pairs repeat" in caplog.text and "1 preference pair(s) compare a response with itself" \
+        in caplog.text and "2 preference pairs also appear the other way round" in caplog.text
+    train, val = BradleyTerry(val_fraction=0.2).split(preference_groups(prefs), prefs.items, np.random.default_rng(0))
+    side = {"train": train, "val": val}
+    prompts = {k: {items[int(i)].prompt for members, _ in g for i in members} for k, g in side.items()}
+    texts = {k: {items[int(i)].text for members, _ in g for i in members} for k, g in side.items()}
+    assert not prompts["train"] & prompts["val"] and not texts["train"] & texts["val"]
+    held = sum(len(local) for _, local in val) / len(prefs.pairs)
+    assert 0.15 <= held <= 0.25, held  # about val_fraction of the pairs

@@ -108,3 +108,20 @@ def test_the_readme_examples_are_read_as_documented(tmp_path: Path) -> None:
     prefs = read_preference_file(write(tmp_path, *block.splitlines()))
     assert len(prefs.items) == 2 + 3 + 2 and len(prefs.pairs) == 1 + 3 + 1
     assert prefs.items[5].info.get("corrected")
+
+
+def test_the_hh_rlhf_layout_reads_with_the_shared_dialogue_as_the_prompt(tmp_path: Path) -> None:
+    turns = "\n\nHuman: Hi, can you help me plan a trip?\n\nAssistant: Sure, where to?\n\nHuman: Lisbon, in May."
+    lines = [{"chosen": turns + "\n\nAssistant: May is lovely there; three days covers the centre.",
+              "rejected": turns + "\n\nAssistant: Plan it yourself."},
+             {"chosen": "\n\nHuman: Tell me a joke.\n\nAssistant: Why did the chicken cross the road?",
+              "rejected": "\n\nHuman: Tell me a joke.\n\nAssistant: No."}]
+    prefs = read_preference_file(write(tmp_path, *lines))
+    first, second = prefs.items[0], prefs.items[1]
+    assert first.prompt == second.prompt == turns + "\n\nAssistant:"  # earlier turns kept
+    assert (first.text, second.text) == (" May is lovely there; three days covers the centre.", " Plan it yourself.")
+    assert prefs.items[2].prompt == "\n\nHuman: Tell me a joke.\n\nAssistant:" and prefs.items[3].text == " No."
+    np.testing.assert_array_equal(prefs.pairs, [[0, 1], [2, 3]])
+    with pytest.raises(PreferenceFileError, match=r":1: field 'prompt': missing; a pair without one must be two "
+                                                  r"dialogues in the HH-RLHF layout"):
+        read_preference_file(write(tmp_path, {"chosen": "Great film.", "rejected": "Bad film."}))
