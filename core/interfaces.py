@@ -282,6 +282,12 @@ class IterationCallback(ABC):
     def __call__(self, policy: Policy, env_steps: int, recent_return: float) -> bool:
         """React to the current policy; True stops the optimisation."""
 
+    def waits(self, env_steps: int) -> bool:
+        """Whether a call at `env_steps` would wait for something outside the run (people labeling on the
+        labeling page). The optimizer then checkpoints before that call, so a run stopped while it waits
+        resumes right before it, and the call asks the same again. Default: never."""
+        return False
+
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint must hold to continue this callback after a restart."""
         return {}

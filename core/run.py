@@ -253,7 +253,8 @@ class SignalsFirst(Callback):
 
 class StageCheckpoint(Callback):
     """Writes the fit's checkpoint every `every` training steps (after that step's validation, where one
-    follows) and when a signal asked the run to stop (then raises signals.Interrupted); a resumed fit gets
+    follows), after a step in which the module set `checkpoint_now` (PPO, before a step that waits for people),
+    and when a signal asked the run to stop (then raises signals.Interrupted); a resumed fit gets
     back the random states and metric history as of its checkpoint."""
 
     def __init__(self, checkpointing: Checkpointing, tracker: Tracker) -> None:
@@ -263,7 +264,8 @@ class StageCheckpoint(Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        if signals.requested() is None and (trainer.fit_loop.total_batch_idx + 1) % self.every:
+        asked = getattr(module, "checkpoint_now", False)  # a module sets it in a step to checkpoint at its end
+        if not asked and signals.requested() is None and (trainer.fit_loop.total_batch_idx + 1) % self.every:
             return
         if _validation_follows(trainer):  # save with its metrics: a resumed fit does not validate this step again
             self._pending = True

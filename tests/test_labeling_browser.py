@@ -4,7 +4,7 @@ chromedriver (`make test` installs both; without them these tests skip and say s
 In-process: a person labels text pairs by click and by key, a ranking by keys with a typed correction, reloads
 the page, and a second browser sees only what is left. End to end (`python main.py`): Pendulum clips labeled
 in the browser train the reward, with a kill in the middle that loses no label; the text track's run with
-tiny models; and online preferences that wait for each round's labels.
+tiny models; and online preferences that wait for each round's labels, killed while they wait.
 """
 
 from __future__ import annotations
@@ -226,14 +226,28 @@ def test_the_text_track_trains_its_reward_model_on_labels_from_the_page(in_tmp: 
     assert "preference/pairs=4" in summary and "eval/gold_reward_mean" in summary
 
 
-def test_online_preferences_wait_for_each_round_of_labels_from_the_page(in_tmp: Path, browsers: Any) -> None:
-    run = Run(in_tmp, "env=pendulum", "preference=online", "preference.labeler=human", "experiment=debug",
-              "evaluation.episodes=2",
-              "preference.num_queries=6", "preference.rounds=2", "preference.selection=uniform")
+def test_online_preferences_wait_for_each_round_and_a_kill_while_waiting_resumes_right_before_it(
+        in_tmp: Path, browsers: Any) -> None:
+    """PPO at 256 env steps an iteration, rounds at 1365 and 2730 steps: it checkpoints after iteration 5 (1280
+    steps), before the round that waits; a kill in the wait resumes there and the page asks the same round."""
+    command = ("env=pendulum", "preference=online", "preference.labeler=human", "experiment=debug",
+               "evaluation.episodes=2", "preference.num_queries=6", "preference.rounds=2",
+               "preference.selection=uniform", "policy.total_timesteps=4096", "ppo.num_steps=64")
+    first = Run(in_tmp, *command)
     driver = browsers()
-    label_all(driver, run.url(), 6)  # 2 before RL, then 2 in each of 2 rounds while PPO waits
-    output = run.wait()
-    assert run.process.returncode == 0, output[-3000:]
+    label_all(driver, first.url(), 3)  # 2 before RL, then 1 of round 1's 2 while PPO waits
+    checkpoint = next(in_tmp.glob("outputs/*/*/checkpoints/resume/policy.ckpt"))
+    first.process.send_signal(signal.SIGTERM)
+    output = first.wait()
+    assert first.process.returncode == 143, output[-2000:]
+    folder = re.search(r"resume=(\S+)", output)[1]  # type: ignore[index]
+
+    again = Run(in_tmp, *command, f"resume={folder}")
+    label_all(driver, again.url(), 3)  # the other of round 1, then round 2's 2
+    output = again.wait()
+    assert again.process.returncode == 0, output[-3000:]
+    assert f"resumed from {checkpoint} at training step 5" in output
+    assert "1 of the 2 labels asked are in" in output  # the same round, its fragments made again
     assert "preference/queries=6" in output[output.index(" done: "):]
-    labels = next(in_tmp.glob("outputs/*/*/checkpoints/human/labels.jsonl"))
+    labels = checkpoint.parent.parent / "human" / "labels.jsonl"
     assert len(labels.read_text().splitlines()) == 6

@@ -309,6 +309,8 @@ class PPOModule(L.LightningModule):
                 optimizer.step()
                 if epoch * hp.num_minibatches + mb == last:  # the iteration's last minibatch (as CleanRL logs)
                     self.run.log({f"train/{k}": v.item() for k, v in logs.items()}, self.env_steps)
+        # the next iteration's callback waits for people: the stage checkpoints now, before it (StageCheckpoint)
+        self.checkpoint_now = self.callback is not None and self.callback.waits(self.env_steps + self.batch_size)
 
     def minibatch_loss(self, b: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """PPO's loss on a minibatch b of the rollout buffer's entries (B, ...), and its parts to log."""

@@ -235,6 +235,11 @@ class QueryRounds(IterationCallback):
             self.reward.fit(self.prefs, self.env, self.run.nested())
         return False
 
+    def waits(self, env_steps: int) -> bool:
+        """With people labeling, a round waits for them."""
+        rounds = self.source.round_steps
+        return self.source.web is not None and self.next_round < len(rounds) and env_steps >= rounds[self.next_round]
+
     def state_dict(self) -> dict[str, Any]:
         prefs = self.prefs
         return {"next_round": self.next_round, "items": prefs.items, "pairs": prefs.pairs, "demos": prefs.demos,
