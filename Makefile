@@ -34,8 +34,10 @@ browser:
 			chromium chromium-driver >/dev/null; \
 	else echo "== Chromium or ChromeDriver missing and no root to install them: the browser tests will skip"; fi
 
+# two test processes, one a core on this project's 2-core machines (each test runs torch on one thread)
+TEST_WORKERS ?= 2
 test: setup browser
-	$(BIN)/python -m pytest -q -m "not slow" tests
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) -m "not slow" tests
 
 lint: setup
 	$(BIN)/ruff check .
