@@ -24,6 +24,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 # prints "XDG_RUNTIME_DIR is invalid" on every video.
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 _mujoco_warnings: set[str] = set()
+log = logging.getLogger(__name__)
 
 
 def _warn_once(message: str) -> None:
@@ -85,7 +86,8 @@ class GymEnv(Environment):
         positions at 0, which the tracking camera does not show) and rendered; None for other envs."""
         try:
             env = self.make_render_env()
-        except Exception:  # e.g. MuJoCo without a working GL backend
+        except Exception as err:  # e.g. MuJoCo without a working GL backend
+            log.warning("env=%s cannot render (%s: %s)", self.name, type(err).__name__, err)
             return None
         try:
             env.reset(seed=0)
@@ -97,7 +99,8 @@ class GymEnv(Environment):
                 setter(np.asarray(o, dtype=np.float64))
                 shown.append(np.asarray(env.render(), dtype=np.uint8))
             return np.stack(shown)
-        except Exception:
+        except Exception as err:
+            log.warning("env=%s cannot draw a state from its observation (%s: %s)", self.name, type(err).__name__, err)
             return None
         finally:
             env.close()
@@ -143,7 +146,7 @@ def _state_setter(env: Any, obs_shape: tuple[int, ...]) -> Callable[[np.ndarray]
     if mujoco is not None and isinstance(getattr(env, "data", None), mujoco.MjData):
         nq, nv, dim = env.model.nq, env.model.nv, int(np.prod(obs_shape))
         hidden = nq + nv - dim  # positions the observation leaves out (Hopper, HalfCheetah: x; Ant: x, y)
-        if not 0 <= hidden <= 2 or dim != nq - hidden + nv:
+        if not 0 <= hidden <= 2:
             return None
         def robot(o: np.ndarray) -> None:
             env.set_state(np.concatenate([np.zeros(hidden), o[: nq - hidden]]), o[nq - hidden :])

@@ -145,8 +145,9 @@ async function send(body) {
       body: JSON.stringify({token, annotator: annotator(), query: query.id, ...body}),
     });
     const reply = await response.json();
-    if (!response.ok) { status(reply.error || response.statusText, true); return; }
-    status("Saved.");
+    if (response.status === 409) { status("That one has its labels already; here is the next."); query = null; }
+    else if (!response.ok) { status(reply.error || response.statusText, true); return; }
+    else { status("Saved."); }
     query = null;
   } catch (err) {
     status("Not saved: the labeling server does not answer. Try again.", true);

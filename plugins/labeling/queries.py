@@ -36,12 +36,15 @@ def clip(fragment: Trajectory, env: Environment, fps: int) -> bytes:
 
 
 def clip_queries(fragments: Sequence[Trajectory], env: Environment, fps: int, base: int = 0) -> list[Query]:
-    """Fragments 2k and 2k+1 as the k-th pair (items base + 2k, base + 2k + 1), truth their true returns."""
+    """Fragments 2k and 2k+1 as the k-th pair (items base + 2k, base + 2k + 1), truth their true returns; a pair
+    of two identical fragments (drawn twice) is not asked."""
     queries = []
     for k in range(len(fragments) // 2):
         pair = fragments[2 * k : 2 * k + 2]
         ids = [content_id(np.ascontiguousarray(f.obs).tobytes(), np.ascontiguousarray(f.actions).tobytes())
                for f in pair]
+        if ids[0] == ids[1]:
+            continue
         queries.append(Query(items=[base + 2 * k, base + 2 * k + 1], item_ids=ids,
                              clips=[clip(f, env, fps) for f in pair], truth=[f.true_return for f in pair]))
     return queries
@@ -69,14 +72,24 @@ def text_queries(responses: Sequence[Response], per_query: int, count: int, rng:
 
 def preference_pairs(queries: Sequence[Query], labels: dict[str, list[Label]],
                      items: list) -> list[tuple[int, int]]:
-    """Every label's pairs (i, j) over `items`; a typed correction is appended to `items` as a new response,
-    preferred to each response shown with it."""
+    """Every label's pairs (i, j) over `items`. Text: each annotator's label is over copies of the responses
+    that name the annotator (info["annotator"]), so two annotators who agree stay two preferences for the reward
+    model (which uses a repeat of one annotator's pair once); a typed correction is a new response, preferred to
+    each one shown with it."""
     pairs: list[tuple[int, int]] = []
     for query in queries:
         for label in labels.get(query.id, []):
-            pairs += label.pairs(query)
+            if query.texts is None or label.order is None:  # fragments: the items themselves; a skip: nothing
+                pairs += label.pairs(query)
+                continue
+            copies = {}
+            for i in query.items:
+                copies[i] = len(items)
+                items.append(Response(items[i].prompt, items[i].text, items[i].gold,
+                                      info=items[i].info | {"annotator": label.annotator, "query": query.id}))
+            pairs += [(copies[i], copies[j]) for i, j in label.pairs(query)]
             if label.correction is not None and query.prompt is not None:
                 items.append(Response(query.prompt, label.correction,
                                       info={"corrected": True, "annotator": label.annotator}))
-                pairs += [(len(items) - 1, i) for i in query.items]
+                pairs += [(len(items) - 1, copies[i]) for i in query.items]
     return pairs

@@ -26,6 +26,7 @@ import json
 import logging
 import re
 import secrets
+import socket
 import threading
 import time
 from collections.abc import Sequence
@@ -63,6 +64,10 @@ class BadRequest(ValueError):
     """A request the page should never send: answered 400 with the message."""
 
 
+class Stale(ValueError):
+    """A label for a query that no longer waits for one (a page left open): answered 409, not kept."""
+
+
 class WebLabeler:
     """People labeling in the browser (the labeling page). Fields documented in conf/labeling/web.yaml."""
 
@@ -86,7 +91,8 @@ class WebLabeler:
     def url(self) -> str:
         assert self.server is not None
         host, port = self.server.server_address[:2]
-        return f"http://{host!s}:{port}/?token={self.token}"
+        shown = socket.gethostname() if str(host) in ("0.0.0.0", "::") else host  # (all addresses: this machine's name)
+        return f"http://{shown!s}:{port}/?token={self.token}"
 
     def open(self, run: RunContext, title: str, question: str, corrections: bool = False) -> LabelStore:
         """Start serving (once; later calls reuse the server) and read the label file. corrections: text queries
@@ -179,7 +185,8 @@ class WebLabeler:
         assert self.store is not None
         with self.lock:
             active = [self.store.queries[q] for q in self.active]
-        labels = {q: self.store.of(q) for q in self.asked}
+            asked = list(self.asked)
+        labels = {q: self.store.of(q) for q in asked}
         mine = sum(any(label.annotator == annotator for label in group) for group in labels.values())
         open_ = [q for q in active if len(labels[q.id]) < self.labels_per_query
                  and all(label.annotator != annotator for label in labels[q.id])]
@@ -191,7 +198,7 @@ class WebLabeler:
             if chosen is not None:
                 self.leases[chosen.id] = (annotator, now)
         progress = {"labeled": sum(min(len(v), self.labels_per_query) for v in labels.values()),
-                    "needed": self.labels_per_query * len(labels), "mine": mine, "left_for_me": len(open_)}
+                    "needed": self.labels_per_query * len(labels), "mine": mine}
         return chosen, progress
 
     def receive(self, body: dict[str, Any]) -> Label:
@@ -204,6 +211,10 @@ class WebLabeler:
         query = self.store.queries.get(wanted) if isinstance(wanted, str) else None
         if query is None:
             raise BadRequest(f"query: no such query {str(body.get('query'))[:40]!r}")
+        with self.lock:
+            asked_now = query.id in self.active
+        if not asked_now or len(self.store.of(query.id)) >= self.labels_per_query:
+            raise Stale(f"query {query.id} is not asked now (it has its labels); the page shows the next one")
         correction = body.get("correction")
         if correction is not None and (query.texts is None or not self.corrections or not isinstance(correction, str)
                                        or not correction.strip() or len(correction) > MAX_CORRECTION):
@@ -244,8 +255,10 @@ class _Handler(BaseHTTPRequestHandler):
     labeler: WebLabeler
     server_version = "rexlab-labeling"
 
+    timeout = 30  # seconds a connection may sit idle (a slow or stuck client holds a thread no longer)
+
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the base class's name)
-        log.debug("%s %s", self.address_string(), format % args)
+        log.debug("%s %s", self.address_string(), re.sub(r"token=[^& ]*", "token=...", format % args))
 
     def _send(self, status: int, body: bytes, kind: str) -> None:
         self.send_response(status)
@@ -312,7 +325,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         try:
             body = json.loads(self.rfile.read(length))
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             self._json(HTTPStatus.BAD_REQUEST, {"error": "the body is not JSON"})
             return
         if not isinstance(body, dict):
@@ -324,6 +337,12 @@ class _Handler(BaseHTTPRequestHandler):
             label = self.labeler.receive(body)
         except BadRequest as err:
             self._json(HTTPStatus.BAD_REQUEST, {"error": str(err)})
+            return
+        except Stale as err:
+            self._json(HTTPStatus.CONFLICT, {"error": str(err), "stale": True})
+            return
+        except OSError as err:  # the label file could not be written: the label is not kept
+            self._json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"not saved: the label file: {err}"})
             return
         self._json(HTTPStatus.OK, {"saved": True, "query": label.query})
 

@@ -178,6 +178,9 @@ class LabelStore:
                 raise LabelFileError(f"preference.web.labels {self.path}:{number}: not a label line ({err}); the "
                                      f"file is not changed: fix or remove that line, or name another file") from err
             self.pending[f"{key[0]}\0{key[1]}"] = record
+        if raw.strip() and not self.path.read_bytes().endswith(b"\n"):  # a whole last line without its end
+            with open(self.path, "ab") as f:
+                f.write(b"\n")
 
     def add_queries(self, queries: Sequence[Query]) -> None:
         """Make `queries` known; labels of them already in the file count from now on."""
@@ -204,20 +207,21 @@ class LabelStore:
             query = self.queries[label.query]
             if any(old.annotator == label.annotator for old in self.labels[query.id]):
                 raise ValueError(f"{label.annotator} has labeled query {query.id} already")
-            line = json.dumps(label.record(query), ensure_ascii=False) + "\n"
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write(line)
-                f.flush()
-                os.fsync(f.fileno())
+            line = (json.dumps(label.record(query), ensure_ascii=False) + "\n").encode()
+            with open(self.path, "ab") as f:
+                size = f.tell()
+                try:
+                    f.write(line)
+                    f.flush()
+                    os.fsync(f.fileno())
+                except OSError:  # (a full disk): the file as it was, and the page is told the label is not saved
+                    f.truncate(size)
+                    raise
             self.labels[query.id].append(label)
 
     def of(self, query_id: str) -> list[Label]:
         with self.lock:
             return list(self.labels.get(query_id, []))
-
-    def count(self, query_ids: Sequence[str] | None = None) -> int:
-        with self.lock:
-            return sum(len(self.labels.get(q, [])) for q in (query_ids if query_ids is not None else self.labels))
 
 
 def annotator_agreement(queries: Sequence[Query], labels: dict[str, list[Label]]) -> tuple[float, int]:

@@ -100,6 +100,10 @@ def split_dialogues(chosen: str, rejected: str) -> tuple[str, str, str]:
                                     "('\n\nHuman: ...\n\nAssistant: ...') that share their beginning up to the "
                                     "last 'Assistant:'")
     end = cut + len(ASSISTANT)
+    for field, reply in (("chosen", chosen[end:]), ("rejected", rejected[end:])):
+        if "\n\nHuman:" in reply:
+            raise RecordError(field, "the two dialogues differ before their last Assistant turn; an HH-RLHF pair "
+                                     "differs only in the last reply")
     return chosen[:end], check_text(chosen[end:], "chosen"), check_text(rejected[end:], "rejected")
 
 

@@ -63,6 +63,10 @@ class HumanLabels(PreferenceSource):
             queries = clip_queries(items, env, self.fps)
             question = f"Which clip shows the {env.name} agent doing its task better?"
             demonstrations = trajs
+        if not queries:
+            raise ValueError(f"preference=human: the {len(items)} items make no query (text: no prompt has "
+                             f"preference.responses_per_query={self.per_query} different responses); lower it or "
+                             f"sample more responses per prompt")
         if len(queries) < self.num_queries:
             log.warning("preference.num_queries=%d asked, but the items make %d queries; labeling those",
                         self.num_queries, len(queries))

@@ -118,6 +118,7 @@ class OnlinePreferences(PreferenceSource):
         if labeler == "human" and web is None:
             raise ValueError("preference.labeler=human needs the labeling page's settings, preference.web")
         self.fps = fps
+        self.asked = 0  # labeler=human: queries asked so far (a skip gives no pair, a tie two)
 
     # ------------------------------------------------------------ asking the labeler
     def query(self, policy: Policy, prefs: Preferences, count: int, env: Environment, run: RunContext,
@@ -185,7 +186,8 @@ class OnlinePreferences(PreferenceSource):
         pairs = preference_pairs(queries, labels, prefs.items)
         prefs.pairs = np.concatenate([prefs.pairs, np.array(pairs, dtype=np.int64).reshape(-1, 2)])
         rollout_return = float(np.mean([t.true_return for t in trajs]))
-        run.log(self.web.metrics(queries) | {"preference/queries": len(prefs.pairs),
+        self.asked += len(queries)
+        run.log(self.web.metrics(queries) | {"preference/queries": self.asked,
                                              "preference/rollout_return": rollout_return}, step)
 
     # ------------------------------------------------------------ the PreferenceSource interface
@@ -198,11 +200,12 @@ class OnlinePreferences(PreferenceSource):
 
     def state_dict(self) -> dict[str, Any]:
         return {"rng": self.rng.bit_generator.state, "scales": self.scales, "correct": self.correct,
-                "informative": self.informative}
+                "informative": self.informative, "asked": self.asked}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.rng.bit_generator.state = state["rng"]
         self.scales, self.correct, self.informative = state["scales"], state["correct"], state["informative"]
+        self.asked = state.get("asked", 0)
 
     def online_callback(self, prefs: Preferences, reward: RewardModel, env: Environment,
                         run: RunContext) -> IterationCallback | None:

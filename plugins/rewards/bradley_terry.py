@@ -151,14 +151,15 @@ def preference_groups(prefs: Preferences) -> list[Group]:
 
 
 def tidy(prefs: Preferences) -> Preferences:
-    """The preferences without exact repeats of a pair (same prompt, chosen and rejected text: the first is kept)
+    """The preferences without exact repeats of a pair (same prompt, chosen and rejected text and annotator, where
+    the items name one: the first is kept)
     and without pairs of a text with itself, each dropped count said in a warning, as is the count of pairs whose
     reverse is there too (kept: ties, or labelers who disagree, pull the two scores together)."""
-    seen: set[tuple[str, str, str]] = set()
+    seen: set[tuple[str, str, str, str]] = set()
     keep, repeats, same = [], 0, 0
     for k, (i, j) in enumerate(prefs.pairs):
         a, b = prefs.items[int(i)], prefs.items[int(j)]
-        key = (a.prompt, a.text, b.text)
+        key = (a.prompt, a.text, b.text, str(a.info.get("annotator", "")))  # two annotators' agreeing labels: both
         if a.text == b.text:
             same += 1
         elif key in seen:
@@ -166,7 +167,7 @@ def tidy(prefs: Preferences) -> Preferences:
         else:
             seen.add(key)
             keep.append(k)
-    both_ways = sum((prompt, b, a) in seen for prompt, a, b in seen)
+    both_ways = sum((prompt, b, a, who) in seen for prompt, a, b, who in seen)
     if repeats:
         log.warning("reward: %d of %d preference pairs repeat an earlier pair exactly (same prompt, chosen and "
                     "rejected); each is used once", repeats, len(prefs.pairs))
@@ -352,10 +353,15 @@ class BradleyTerry(RewardModel):
         prompts = list(by_prompt)
         wanted, held = max(1, round(len(groups) * self.val_fraction)), list[int]()
         for k in rng.permutation(len(prompts))[: len(prompts) - 1]:
+            if held and len(held) + len(by_prompt[prompts[k]]) > wanted:
+                continue  # (a prompt that would overshoot the fraction, once one is held out)
+            held += by_prompt[prompts[k]]
             if len(held) >= wanted:
                 break
-            held += by_prompt[prompts[k]]
         held_set = set(held)
+        if len(held) > 2 * wanted:
+            log.warning("reward: the held-out prompts hold %d of the %d rankings (reward.val_fraction=%g asks %d): "
+                        "one prompt has that many", len(held), len(groups), self.val_fraction, wanted)
         return [g for k, g in enumerate(groups) if k not in held_set], [groups[k] for k in sorted(held_set)]
 
     @torch.no_grad()

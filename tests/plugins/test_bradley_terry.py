@@ -109,13 +109,13 @@ def test_held_out_pairs_share_no_prompt_or_response_with_training(caplog: pytest
     rng = np.random.default_rng(0)
     items, pairs = [], []
     for p in range(30):
-        texts = [f"prompt {p} response {k}" for k in range(4)]
+        texts = [f"response {k}" for k in range(4)]  # the same texts under every prompt
         for a in range(4):
             for b in range(a + 1, 4):
                 items += [Response(f"prompt {p}", texts[a]), Response(f"prompt {p}", texts[b])]
                 first, second = len(items) - 2, len(items) - 1
                 pairs.append((first, second) if rng.random() < 0.5 else (second, first))
-    items += [Response("prompt 0", "prompt 0 response 0"), Response("prompt 0", "prompt 0 response 0")]
+    items += [Response("prompt 0", "response 0"), Response("prompt 0", "response 0")]
     pairs += [pairs[0], pairs[1], (len(items) - 2, len(items) - 1), tuple(reversed(pairs[2]))]
     with caplog.at_level("WARNING"):
         prefs = tidy(Preferences(items, np.array(pairs)))
@@ -123,9 +123,22 @@ def test_held_out_pairs_share_no_prompt_or_response_with_training(caplog: pytest
     assert "2 of 184 preference pairs repeat" in caplog.text and "1 preference pair(s) compare a response with itself" \
         in caplog.text and "2 preference pairs also appear the other way round" in caplog.text
     train, val = BradleyTerry(val_fraction=0.2).split(preference_groups(prefs), prefs.items, np.random.default_rng(0))
-    side = {"train": train, "val": val}
-    prompts = {k: {items[int(i)].prompt for members, _ in g for i in members} for k, g in side.items()}
-    texts = {k: {items[int(i)].text for members, _ in g for i in members} for k, g in side.items()}
-    assert not prompts["train"] & prompts["val"] and not texts["train"] & texts["val"]
+    def shown(groups: list) -> set[tuple[str, str]]:
+        return {(items[int(i)].prompt, items[int(i)].text) for members, _ in groups for i in members}
+
+    assert not {p for p, _ in shown(train)} & {p for p, _ in shown(val)}  # no prompt, so no response, on both sides
+    groups = preference_groups(prefs)  # (a split by pair, as before, would leak: the same responses on both sides)
+    by_pair = np.random.default_rng(0).permutation(len(groups))
+    assert shown([groups[k] for k in by_pair[:36]]) & shown([groups[k] for k in by_pair[36:]])
     held = sum(len(local) for _, local in val) / len(prefs.pairs)
     assert 0.15 <= held <= 0.25, held  # about val_fraction of the pairs
+
+
+def test_repeats_of_one_annotator_are_used_once_and_agreeing_annotators_both_count() -> None:
+    def pair(who: str | None) -> list[Response]:
+        info = {"annotator": who} if who else {}
+        return [Response("p", "good", info=dict(info)), Response("p", "bad", info=dict(info))]
+
+    items = pair("ada") + pair("bob") + pair("ada") + pair(None) + pair(None)
+    prefs = tidy(Preferences(items, np.array([[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]])))
+    np.testing.assert_array_equal(prefs.pairs, [[0, 1], [2, 3], [6, 7]])

@@ -54,7 +54,7 @@ def test_labels_survive_a_restart_and_a_torn_last_line_is_dropped(tmp_path: Path
     again.add_queries([text_query("other", "x", "y")])
     assert again.foreign == 4  # not this run's queries (yet)
     again.add_queries([pair, ranking])
-    assert again.foreign == 0 and again.count() == 4
+    assert again.foreign == 0 and sum(len(again.of(q.id)) for q in (pair, ranking)) == 4
     [a, b] = again.of(pair.id)
     assert (a.annotator, a.order, a.tie, b.annotator, b.tie) == ("ada", [0, 1], False, "bob", True)
     [c, d] = again.of(ranking.id)
@@ -63,15 +63,26 @@ def test_labels_survive_a_restart_and_a_torn_last_line_is_dropped(tmp_path: Path
     again.add(Label(pair.id, "cy", [1, 0]))
     assert len(path.read_text().splitlines()) == 5
 
+    unended = tmp_path / "unended.jsonl"  # a whole last line without its newline (an editor's): the next label
+    unended.write_text(path.read_text().rstrip("\n"))  # starts a line of its own
+    store3 = LabelStore(unended)
+    store3.add_queries([pair, ranking])
+    store3.add(Label(pair.id, "dee", [0, 1]))
+    assert len(LabelStore(unended).pending) == 6
+
     broken = tmp_path / "broken.jsonl"
     broken.write_text(path.read_text() + "not json\n" + path.read_text())
     with pytest.raises(LabelFileError, match=r"broken.jsonl:6: not a label line"):
         LabelStore(broken)
 
-    items: list[Any] = [object()] * 3
+    from core.types import Response
+
+    items: list[Any] = [Response("q", t) for t in ("a", "b", "c")]
     pairs = preference_pairs([ranking], {ranking.id: again.of(ranking.id)}, items)
-    assert pairs[:3] == [(2, 0), (2, 1), (0, 1)] and pairs[3:] == [(3, 0), (3, 1), (3, 2)]  # the correction: item 3
-    assert items[3].text == "a better one" and items[3].info["corrected"]
+    assert [(items[i].text, items[j].text) for i, j in pairs] == [
+        ("c", "a"), ("c", "b"), ("a", "b"), ("a better one", "a"), ("a better one", "b"), ("a better one", "c")]
+    assert all(items[i].info["annotator"] == "ada" for pair in pairs for i in pair)  # ada's copies; bob skipped
+    assert items[-1].info["corrected"] and len(items) == 3 + 3 + 1
 
 
 def test_agreement_between_annotators_and_with_the_truth() -> None:
@@ -157,7 +168,7 @@ def test_the_server_takes_only_well_formed_labels_with_the_token(served: tuple[W
         assert status in (400, 403) and reply["error"].startswith(field), (bad, reply)
     assert client.post(None, raw=b"not json")[0] == 400 and client.post([1, 2])[0] == 400
     assert client.post(good) == (200, {"saved": True, "query": queries[0].id})
-    assert client.post(good)[0] == 400  # once per annotator
+    assert client.post(good)[0] == 409  # it has its label: a page left open is told so, nothing is kept
     assert client.post({**good, "query": queries[1].id, "ranking": [2, 0, 1], "correction": "mine"})[0] == 200
     assert client.post({**good, "query": queries[2].id, "choice": "equal"})[0] == 200
     thread.join(10)
@@ -190,6 +201,8 @@ def test_two_annotators_each_answer_a_query_once(served: tuple[WebLabeler, RunCo
     client = Client(labeler)
     post = {"token": labeler.token, "query": query.id, "choice": "right"}
     assert client.post(post | {"annotator": "ada"})[0] == 200
+    status, reply = client.post(post | {"annotator": "ada", "choice": "left"})
+    assert status == 400 and "ada has labeled" in reply["error"]  # once per annotator
     assert json.loads(client.get(f"/api/next?annotator=ada&token={labeler.token}")[1])["query"] is None
     assert json.loads(client.get(f"/api/next?annotator=bob&token={labeler.token}")[1])["query"]["id"] == query.id
     assert client.post(post | {"annotator": "bob"})[0] == 200
@@ -223,9 +236,9 @@ def test_a_task_that_cannot_draw_its_states_is_refused_by_name() -> None:
             return None
 
     env = Blind("CartPole-v1", "blind")
-    fragment = Trajectory(np.zeros((2, 4), np.float32), np.zeros(2), np.zeros(2))
+    fragments = [Trajectory(np.full((2, 4), k, np.float32), np.zeros(2), np.zeros(2)) for k in range(2)]
     with pytest.raises(CannotShowError, match="env=blind cannot draw"):
-        clip_queries([fragment, fragment], env, fps=10)
+        clip_queries(fragments, env, fps=10)
 
 
 def test_preference_file_reads_a_label_file(tmp_path: Path) -> None:
