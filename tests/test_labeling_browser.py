@@ -71,7 +71,7 @@ def browsers() -> Iterator[Any]:
 def sign_in(driver: WebDriver, url: str, name: str) -> None:
     driver.get(url)
     driver.find_element(By.ID, "annotator").send_keys(name + "\n")
-    WebDriverWait(driver, 20).until(lambda d: d.find_element(By.ID, "progress").text)
+    WebDriverWait(driver, 90).until(lambda d: d.find_element(By.ID, "progress").text)
 
 
 def labeled(driver: WebDriver) -> int:
@@ -82,13 +82,13 @@ def labeled(driver: WebDriver) -> int:
 def answer(driver: WebDriver, how: str) -> None:
     """Answer the query shown: "click:<button id>" or "key:<key>"; waits until the page counts the label."""
     before = labeled(driver)
-    WebDriverWait(driver, 20).until(lambda d: d.find_element(By.ID, "query").is_displayed())
+    WebDriverWait(driver, 90).until(lambda d: d.find_element(By.ID, "query").is_displayed())
     kind, what = how.split(":", 1)
     if kind == "click":
         driver.find_element(By.ID, what).click()
     else:
         driver.find_element(By.TAG_NAME, "body").send_keys(what)
-    WebDriverWait(driver, 20).until(lambda d: labeled(d) > before)
+    WebDriverWait(driver, 90).until(lambda d: labeled(d) > before)
 
 
 def shown_texts(driver: WebDriver) -> list[str]:
@@ -198,7 +198,7 @@ def test_pendulum_clips_labeled_in_the_browser_train_the_reward_and_a_kill_loses
 
     again = Run(in_tmp, *command, f"resume={folder}")
     sign_in(driver, again.url(), "ada")  # (another port: the browser keeps the name per port)
-    WebDriverWait(driver, 20).until(lambda d: d.find_element(By.ID, "query").is_displayed())
+    WebDriverWait(driver, 90).until(lambda d: d.find_element(By.ID, "query").is_displayed())
     assert labeled(driver) == 3  # only the 3 unlabeled queries are left
     for _ in range(3):
         answer(driver, "click:left")
