@@ -3,7 +3,7 @@
 One JSON object a line (the formats of DESIGN.md); blank lines are skipped:
 
 - pair:       {"prompt": str, "chosen": str, "rejected": str}, optional "annotator" (str or int),
-              "margin" (number, how much better; kept in the items' info, unused by the learners) and
+              "margin" (number, how much better; kept in the items' info, used by reward.loss=margin) and
               "probability" (P(chosen is better), in [0, 1]: read as the side it favours, and 0.5, a tie,
               as the pair both ways, until soft labels reach the reward models' losses).
 - ranking:    {"prompt": str, "responses": [str, ...], "ranking": [best index, ..., worst index]},

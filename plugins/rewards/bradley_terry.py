@@ -45,7 +45,6 @@ from typing import TYPE_CHECKING, Any, Literal
 import lightning as L
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -54,19 +53,12 @@ from core.run import ResumableLoader, RunContext
 from core.schema import LearningRate, NonNegative, PositiveInt, UnitOpen
 from core.types import Preferences, Response
 from plugins.lm import MINILM, load_encoder
+from plugins.rewards.ranking_losses import bradley_terry_loss, margin_loss, plackett_luce_loss, total_order
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
-
-
-def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor,
-                       weights: torch.Tensor | None = None) -> torch.Tensor:
-    """chosen, rejected (P,): scores of the preferred and the other response of each pair; weights (P,)
-    or None -> the weighted mean of -log sigmoid(chosen - rejected), a scalar."""
-    losses = F.softplus(rejected - chosen)
-    return losses.mean() if weights is None else (losses * weights).sum() / weights.sum()
 
 
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -189,16 +181,30 @@ def encode_pairs(tokenizer: Any, prompts: Sequence[str], responses: Sequence[str
     return [list(ids) for ids in encoded["input_ids"]]
 
 
-def collate(batch: list[Group], encodings: list[list[int]], pad_id: int) -> dict:
+def collate(batch: list[Group], encodings: list[list[int]], pad_id: int, margin_of: np.ndarray | None = None) -> dict:
     """Groups -> input_ids, attention_mask (B, L) of their responses (right-padded), pairs (P, 2) as
-    rows of those, and weights (P,) = 1 / (pairs in the pair's group)."""
+    rows of those, weights (P,) = 1 / (pairs in the pair's group), margins (P,) (the chosen item's
+    `margin_of`, 0 without), and for the Plackett-Luce loss `lists` (rows best first: a group that is one
+    strict ranking as one list, any other group's pairs as lists of 2) with their `list_weights` (1 a ranking,
+    1 / P each pair of a group of P)."""
     rows: list[int] = []
-    pairs, weights = [], []
+    pairs, weights, lists, list_weights = [], [], [], []
     for items, local in batch:
+        order = total_order(local, len(items))
+        if order is not None:
+            lists.append(torch.as_tensor(order) + len(rows))
+            list_weights.append(1.0)
+        else:
+            lists += [torch.as_tensor(pair) + len(rows) for pair in local]
+            list_weights += [1.0 / len(local)] * len(local)
         pairs.append(torch.as_tensor(local) + len(rows))
         weights.append(torch.full((len(local),), 1.0 / len(local)))
         rows.extend(int(i) for i in items)
-    return {**pad([encodings[i] for i in rows], pad_id), "pairs": torch.cat(pairs), "weights": torch.cat(weights)}
+    all_pairs = torch.cat(pairs)
+    margins = (torch.zeros(len(all_pairs)) if margin_of is None
+               else torch.as_tensor(margin_of[np.asarray(rows)[all_pairs[:, 0].numpy()]], dtype=torch.float32))
+    return {**pad([encodings[i] for i in rows], pad_id), "pairs": all_pairs, "weights": torch.cat(weights),
+            "margins": margins, "lists": lists, "list_weights": torch.tensor(list_weights)}
 
 
 def pad(sequences: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
@@ -216,8 +222,9 @@ class BradleyTerryModule(L.LightningModule):
     """Trains a RewardNet on groups of preference pairs; validates on held-out groups."""
 
     def __init__(self, net: RewardNet, train: list[Group], val: list[Group], collate_fn: Callable, lr: float,
-                 weight_decay: float, batch_size: int, total_steps: int) -> None:
+                 weight_decay: float, batch_size: int, total_steps: int, loss: str = "pairwise") -> None:
         super().__init__()
+        self.loss = loss
         self.net, self.train_groups, self.val_groups, self.collate_fn = net, train, val, collate_fn
         self.lr, self.weight_decay, self.batch_size, self.total_steps = lr, weight_decay, batch_size, total_steps
         self.val_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -237,7 +244,12 @@ class BradleyTerryModule(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         scores = self.net(batch["input_ids"], batch["attention_mask"])
         pairs = batch["pairs"]
-        loss = bradley_terry_loss(scores[pairs[:, 0]], scores[pairs[:, 1]], batch["weights"])
+        if self.loss == "plackett_luce":
+            loss = plackett_luce_loss(scores, batch["lists"], batch["list_weights"])
+        elif self.loss == "margin":
+            loss = margin_loss(scores[pairs[:, 0]], scores[pairs[:, 1]], batch["margins"], batch["weights"])
+        else:
+            loss = bradley_terry_loss(scores[pairs[:, 0]], scores[pairs[:, 1]], batch["weights"])
         self.log("reward/train_loss", loss, prog_bar=True, batch_size=len(pairs), sync_dist=True)
         return loss
 
@@ -272,12 +284,14 @@ class BradleyTerry(RewardModel):
     def __init__(self, model: str = MINILM, pooling: Literal["mean", "last"] = "mean", max_length: PositiveInt = 256,
                  lr: LearningRate = 1e-4, weight_decay: NonNegative = 0.0, batch_size: PositiveInt = 16,
                  epochs: PositiveInt = 1, val_fraction: UnitOpen = 0.1, val_checks_per_epoch: PositiveInt = 4,
-                 score_batch_size: PositiveInt = 64) -> None:
+                 score_batch_size: PositiveInt = 64,
+                 loss: Literal["pairwise", "plackett_luce", "margin"] = "pairwise") -> None:
         if pooling not in POOLINGS:
             raise ValueError(f"reward.pooling={pooling!r}: choose one of {sorted(POOLINGS)}")
         self.model_name, self.pooling, self.max_length = model, pooling, max_length
         self.lr, self.weight_decay, self.batch_size, self.epochs = lr, weight_decay, batch_size, epochs
         self.val_fraction, self.val_checks, self.score_batch_size = val_fraction, val_checks_per_epoch, score_batch_size
+        self.loss = loss
         self.net: RewardNet | None = None
         self.tokenizer: PreTrainedTokenizerBase | None = None
         self.offset = 0.0
@@ -304,9 +318,14 @@ class BradleyTerry(RewardModel):
         train, val = self.split(preference_groups(prefs), prefs.items, np.random.default_rng(run.seed))
         steps_per_epoch = math.ceil(len(train) / self.batch_size)
         total = steps_per_epoch * self.epochs
-        collate_fn = partial(collate, encodings=encodings, pad_id=int(self.tokenizer.pad_token_id))
+        margin_of = np.array([float(r.info.get("margin", 0.0)) for r in prefs.items])
+        if self.loss == "margin" and not margin_of.any():
+            log.warning("reward.loss=margin: no preference has a margin (the preference file's \"margin\"), so it is "
+                        "the pairwise loss")
+        collate_fn = partial(collate, encodings=encodings, pad_id=int(self.tokenizer.pad_token_id),
+                             margin_of=margin_of)
         module = BradleyTerryModule(self.net, train, val, collate_fn, self.lr, self.weight_decay,
-                                    run.per_process(self.batch_size), total)
+                                    run.per_process(self.batch_size), total, self.loss)
         trainer = run.trainer(
             max_steps=total, max_epochs=self.epochs, limit_val_batches=1.0 if val else 0,
             unit=f"reward model batches of {self.batch_size} rankings",

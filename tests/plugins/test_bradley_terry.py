@@ -66,16 +66,20 @@ def tiny_backbone(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(folder)
 
 
-def test_bradley_terry_learns_to_prefer_positive_reviews_on_held_out_rankings(tmp_path: Path,
-                                                                              tiny_backbone: str) -> None:
+@pytest.mark.parametrize(("loss", "reached", "gained"), [("pairwise", 0.85, 0.2), ("plackett_luce", 0.75, 0.15)])
+def test_bradley_terry_learns_to_prefer_positive_reviews_on_held_out_rankings(tmp_path: Path, tiny_backbone: str,
+                                                                              loss: str, reached: float,
+                                                                              gained: float) -> None:
+    """(Measured, seed 0: pairwise 0.62 -> 0.88 held-out accuracy, Plackett-Luce 0.62 -> 0.79 in these 3 epochs.)"""
     prefs = read_preference_file(write_jsonl(tmp_path / "prefs.jsonl", sentiment_records(100, seed=0)))
     L.seed_everything(0)
     tracker = NullTracker()
-    model = BradleyTerry(model=tiny_backbone, pooling="mean", lr=1e-3, batch_size=8, epochs=3, val_fraction=0.2)
+    model = BradleyTerry(model=tiny_backbone, pooling="mean", lr=1e-3, batch_size=8, epochs=3, val_fraction=0.2,
+                         loss=loss)  # type: ignore[arg-type]
     model.fit(prefs, None, RunContext(0, tmp_path, tracker, progress=False))
     accuracy = [v for _, v in tracker.history["reward/val_pair_accuracy"]]
     val_loss = [v for _, v in tracker.history["reward/val_loss"]]
-    assert accuracy[-1] >= 0.85 and accuracy[-1] >= accuracy[0] + 0.2, accuracy
+    assert accuracy[-1] >= reached and accuracy[-1] >= accuracy[0] + gained, accuracy
     assert val_loss[-1] < val_loss[0] and val_loss[-1] < np.log(2), val_loss
     assert tracker.history["reward/train_loss"]
     train_scores = model.score([r.prompt for r in prefs.items], [r.text for r in prefs.items])
