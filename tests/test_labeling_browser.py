@@ -146,6 +146,20 @@ def test_labels_by_click_and_key_survive_a_reload_and_a_second_browser_sees_only
     assert [len(done["labels"][q.id]) for q in [*pairs, ranking]] == [1, 1, 1, 1, 1]
 
 
+STARTED: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def no_run_left_behind() -> Iterator[None]:
+    """A run a failing test leaves waiting for labels is killed with the test."""
+    yield
+    while STARTED:
+        process = STARTED.pop()
+        if process.poll() is None:
+            process.kill()
+            process.wait(30)
+
+
 class Run:
     """`python main.py ...` in a subprocess, its output in a file; the labeling page's URL read from it."""
 
@@ -156,6 +170,7 @@ class Run:
             self.process = subprocess.Popen([sys.executable, str(ROOT / "main.py"), "progress=false",
                                              "preference.web.port=0", "video.enabled=false", *overrides],
                                             cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+        STARTED.append(self.process)
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
