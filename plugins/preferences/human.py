@@ -58,9 +58,10 @@ class HumanLabels(PreferenceSource):
                         f"Rank the {self.per_query} responses from best to worst.")
             demonstrations = None
         else:
-            pool = cut_fragments(trajs, 4 * self.num_queries, self.fragment_length, rng)  # twice what is asked:
-            distinct = [(a, b) for a, b in zip(pool[0::2], pool[1::2], strict=True)  # a pair of one fragment
-                        if not (np.array_equal(a.obs, b.obs) and np.array_equal(a.actions, b.actions))]  # drawn twice goes
+            # twice the pairs asked, and the first that are not one fragment drawn twice are asked
+            pool = cut_fragments(trajs, 4 * self.num_queries, self.fragment_length, rng)
+            distinct = [(a, b) for a, b in zip(pool[0::2], pool[1::2], strict=True)
+                        if not (np.array_equal(a.obs, b.obs) and np.array_equal(a.actions, b.actions))]
             items = [fragment for pair in distinct[: self.num_queries] for fragment in pair]
             log.info("drawing %d fragment clips for the labeling page", len(items))
             queries = clip_queries(items, env, self.fps)
