@@ -1,7 +1,8 @@
 """Queries for people from what a run has to compare, and preferences from their labels.
 
 clip_queries: consecutive fragments (control) as pairs of looping clips drawn by the task's renderer
-(Environment.frames). text_queries: responses to one prompt, 2 (a pair) or K (a ranking) at a time.
+(Environment.frames), after distinct_pairs drops a pair of one fragment drawn twice. text_queries: responses
+to one prompt, 2 (a pair) or K (a ranking) at a time.
 preference_pairs: the labels as (i, j) pairs over the items, a correction becoming an item of its own.
 """
 
@@ -36,18 +37,23 @@ def clip(fragment: Trajectory, env: Environment, fps: int) -> bytes:
 
 
 def clip_queries(fragments: Sequence[Trajectory], env: Environment, fps: int, base: int = 0) -> list[Query]:
-    """Fragments 2k and 2k+1 as the k-th pair (items base + 2k, base + 2k + 1), truth their true returns; a pair
-    of two identical fragments (drawn twice) is not asked."""
+    """Fragments 2k and 2k+1 as the k-th pair (items base + 2k, base + 2k + 1), truth their true returns."""
     queries = []
     for k in range(len(fragments) // 2):
         pair = fragments[2 * k : 2 * k + 2]
         ids = [content_id(np.ascontiguousarray(f.obs).tobytes(), np.ascontiguousarray(f.actions).tobytes())
                for f in pair]
-        if ids[0] == ids[1]:
-            continue
         queries.append(Query(items=[base + 2 * k, base + 2 * k + 1], item_ids=ids,
                              clips=[clip(f, env, fps) for f in pair], truth=[f.true_return for f in pair]))
     return queries
+
+
+def distinct_pairs(fragments: Sequence[Trajectory], count: int | None = None) -> list[Trajectory]:
+    """The first `count` (all if None) of the consecutive pairs (2k, 2k + 1) whose two fragments differ (a
+    fragment drawn twice is no question), as a flat list again."""
+    pairs = [(a, b) for a, b in zip(fragments[0::2], fragments[1::2], strict=True)
+             if not (np.array_equal(a.obs, b.obs) and np.array_equal(a.actions, b.actions))]
+    return [fragment for pair in pairs[:count] for fragment in pair]
 
 
 def text_queries(responses: Sequence[Response], per_query: int, count: int, rng: np.random.Generator) -> list[Query]:

@@ -162,6 +162,7 @@ class LabelStore:
     def _read(self) -> None:
         raw = self.path.read_bytes()
         lines = raw.split(b"\n")
+        torn = False
         for number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
@@ -174,11 +175,12 @@ class LabelStore:
                                 self.path, number, err)
                     with open(self.path, "r+b") as f:  # so that the next label starts a line of its own
                         f.truncate(len(raw) - len(line))
+                    torn = True
                     continue
                 raise LabelFileError(f"preference.web.labels {self.path}:{number}: not a label line ({err}); the "
                                      f"file is not changed: fix or remove that line, or name another file") from err
             self.pending[f"{key[0]}\0{key[1]}"] = record
-        if raw.strip() and not self.path.read_bytes().endswith(b"\n"):  # a whole last line without its end
+        if lines[-1].strip() and not torn:  # a whole last line without its end
             with open(self.path, "ab") as f:
                 f.write(b"\n")
 

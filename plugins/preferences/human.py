@@ -30,7 +30,7 @@ from core.interfaces import Capabilities, Environment, PreferenceSource, SavedPo
 from core.run import RunContext
 from core.schema import PositiveInt, Range
 from core.types import Preferences, Response, cut_fragments
-from plugins.labeling.queries import clip_queries, preference_pairs, text_queries
+from plugins.labeling.queries import clip_queries, distinct_pairs, preference_pairs, text_queries
 from plugins.labeling.server import WebLabeler
 
 log = logging.getLogger(__name__)
@@ -58,11 +58,9 @@ class HumanLabels(PreferenceSource):
                         f"Rank the {self.per_query} responses from best to worst.")
             demonstrations = None
         else:
-            # twice the pairs asked, and the first that are not one fragment drawn twice are asked
+            # twice the pairs asked, of which the first that are not one fragment drawn twice are asked
             pool = cut_fragments(trajs, 4 * self.num_queries, self.fragment_length, rng)
-            distinct = [(a, b) for a, b in zip(pool[0::2], pool[1::2], strict=True)
-                        if not (np.array_equal(a.obs, b.obs) and np.array_equal(a.actions, b.actions))]
-            items = [fragment for pair in distinct[: self.num_queries] for fragment in pair]
+            items = distinct_pairs(pool, self.num_queries)
             log.info("drawing %d fragment clips for the labeling page", len(items))
             queries = clip_queries(items, env, self.fps)
             question = f"Which clip shows the {env.name} agent doing its task better?"

@@ -58,7 +58,7 @@ from core.labels import annotator_factors, annotator_scales, calibrate, label
 from core.run import RunContext
 from core.schema import NonNegative, NonNegativeInt, Positive, PositiveInt, Range
 from core.types import Preferences, Trajectory, cut_fragments
-from plugins.labeling.queries import clip_queries, preference_pairs
+from plugins.labeling.queries import clip_queries, distinct_pairs, preference_pairs
 from plugins.labeling.server import WebLabeler
 
 
@@ -172,8 +172,10 @@ class OnlinePreferences(PreferenceSource):
         """preference.labeler=human: the fragment pairs `items` go to the labeling page; the policy waits until
         they are labeled (preference.web.timeout), then their pairs (none for a skip, both ways for a tie) join
         `prefs`. A kill while it waits loses no label: a resumed run comes back to this round from the
-        optimizer's last checkpoint with the same fragments, and the page asks only the unlabeled ones."""
+        checkpoint taken right before it (`QueryRounds.waits`) with the same fragments, and the page asks only the
+        unlabeled ones. A pair of one fragment drawn twice is not asked."""
         assert self.web is not None
+        items = distinct_pairs(items)
         self.web.open(run, f"rexlab · {run.name or env.name} (online)",
                       f"Which clip shows the {env.name} agent doing its task better?")
         base, demo_base = len(prefs.items), len(prefs.demos)

@@ -26,8 +26,8 @@ causal LM (as in the papers).
 The prompts of `val_fraction` of the rankings are held out, every pair to them, for reward/val_loss and
 reward/val_pair_accuracy: no held-out pair shares a prompt (so no response either) with training (a split
 by pair or by ranking would leak: preference=synthetic pairs each response with several others, and
-files repeat pairs). Before that, `tidy` drops exact repeats of a pair (same prompt, chosen and rejected)
-and pairs of a response with itself, and counts the pairs that come in both orders (ties from the
+files repeat pairs). Before that, `tidy` drops exact repeats of a pair (same prompt, chosen, rejected and
+annotator) and pairs of a response with itself, and counts the pairs that come in both orders (ties from the
 labeling page, or labelers who disagree), each with a warning.
 """
 
@@ -143,10 +143,10 @@ def preference_groups(prefs: Preferences) -> list[Group]:
 
 
 def tidy(prefs: Preferences) -> Preferences:
-    """The preferences without exact repeats of a pair (same prompt, chosen and rejected text and annotator, where
-    the items name one: the first is kept)
-    and without pairs of a text with itself, each dropped count said in a warning, as is the count of pairs whose
-    reverse is there too (kept: ties, or labelers who disagree, pull the two scores together)."""
+    """The preferences without exact repeats of a pair (same prompt, chosen and rejected text, and annotator where
+    the items name one: the first is kept) and without pairs of a text with itself, each dropped count said in a
+    warning, as is the count of pairs whose reverse is there too (kept: ties, or labelers who disagree, pull the
+    two scores together)."""
     seen: set[tuple[str, str, str, str]] = set()
     keep, repeats, same = [], 0, 0
     for k, (i, j) in enumerate(prefs.pairs):
@@ -161,8 +161,8 @@ def tidy(prefs: Preferences) -> Preferences:
             keep.append(k)
     both_ways = sum((prompt, b, a, who) in seen for prompt, a, b, who in seen)
     if repeats:
-        log.warning("reward: %d of %d preference pairs repeat an earlier pair exactly (same prompt, chosen and "
-                    "rejected); each is used once", repeats, len(prefs.pairs))
+        log.warning("reward: %d of %d preference pairs repeat an earlier pair exactly (same prompt, chosen, rejected "
+                    "and annotator); each is used once", repeats, len(prefs.pairs))
     if same:
         log.warning("reward: %d preference pair(s) compare a response with itself (chosen == rejected); dropped",
                     same)
@@ -181,20 +181,21 @@ def encode_pairs(tokenizer: Any, prompts: Sequence[str], responses: Sequence[str
     return [list(ids) for ids in encoded["input_ids"]]
 
 
-def collate(batch: list[Group], encodings: list[list[int]], pad_id: int, margin_of: np.ndarray | None = None) -> dict:
+def collate(batch: list[Group], encodings: list[list[int]], pad_id: int, margin_of: np.ndarray | None = None,
+            listwise: bool = False) -> dict:
     """Groups -> input_ids, attention_mask (B, L) of their responses (right-padded), pairs (P, 2) as
     rows of those, weights (P,) = 1 / (pairs in the pair's group), margins (P,) (the chosen item's
-    `margin_of`, 0 without), and for the Plackett-Luce loss `lists` (rows best first: a group that is one
-    strict ranking as one list, any other group's pairs as lists of 2) with their `list_weights` (1 a ranking,
-    1 / P each pair of a group of P)."""
+    `margin_of`, 0 without), and with `listwise` (the Plackett-Luce loss) `lists` (rows best first: a group that
+    is one strict ranking as one list, any other group's pairs as lists of 2) with their `list_weights` (1 a
+    ranking, 1 / P each pair of a group of P)."""
     rows: list[int] = []
     pairs, weights, lists, list_weights = [], [], [], []
     for items, local in batch:
-        order = total_order(local, len(items))
+        order = total_order(local, len(items)) if listwise else None
         if order is not None:
             lists.append(torch.as_tensor(order) + len(rows))
             list_weights.append(1.0)
-        else:
+        elif listwise:
             lists += [torch.as_tensor(pair) + len(rows) for pair in local]
             list_weights += [1.0 / len(local)] * len(local)
         pairs.append(torch.as_tensor(local) + len(rows))
@@ -323,7 +324,7 @@ class BradleyTerry(RewardModel):
             log.warning("reward.loss=margin: no preference has a margin (the preference file's \"margin\"), so it is "
                         "the pairwise loss")
         collate_fn = partial(collate, encodings=encodings, pad_id=int(self.tokenizer.pad_token_id),
-                             margin_of=margin_of)
+                             margin_of=margin_of, listwise=self.loss == "plackett_luce")
         module = BradleyTerryModule(self.net, train, val, collate_fn, self.lr, self.weight_decay,
                                     run.per_process(self.batch_size), total, self.loss)
         trainer = run.trainer(

@@ -50,7 +50,7 @@ def test_the_files_margins_and_rankings_reach_the_batch(tmp_path: Path) -> None:
     prefs = read_preference_file(path)
     margin_of = np.array([r.info.get("margin", 0.0) for r in prefs.items])
     groups = preference_groups(prefs)
-    batch = collate(groups, [[1, 2]] * len(prefs.items), pad_id=0, margin_of=margin_of)
+    batch = collate(groups, [[1, 2]] * len(prefs.items), pad_id=0, margin_of=margin_of, listwise=True)
     assert sorted(batch["margins"].tolist()) == [0.0, 0.0, 0.0, 0.0, 2.5]
     lists = sorted(len(r) for r in batch["lists"])
     assert lists == [2, 2, 3] and batch["list_weights"].tolist() == [1.0, 1.0, 1.0]  # the ranking as one list
