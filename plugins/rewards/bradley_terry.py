@@ -46,13 +46,14 @@ import lightning as L
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from core.interfaces import Capabilities, Environment, RewardModel
 from core.run import ResumableLoader, RunContext
 from core.schema import LearningRate, NonNegative, PositiveInt, UnitOpen
 from core.types import Preferences, Response
 from plugins.lm import MINILM, load_encoder
+from plugins.response_pairs import Group, Groups, preference_groups, split_by_prompt, tidy
 from plugins.rewards.ranking_losses import bradley_terry_loss, margin_loss, plackett_luce_loss, total_order
 
 if TYPE_CHECKING:
@@ -95,84 +96,6 @@ class RewardNet(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         return self.head(self.pool(hidden, attention_mask)).squeeze(-1)
-
-
-Group = tuple[np.ndarray, np.ndarray]
-"""One connected group of preference pairs: its item indices (K,) and its pairs (P_g, 2) as positions
-in those items."""
-
-
-class Groups(Dataset):
-    """Groups of preference pairs as a dataset (item k: group k)."""
-
-    def __init__(self, groups: list[Group]) -> None:
-        self.groups = groups
-
-    def __len__(self) -> int:
-        return len(self.groups)
-
-    def __getitem__(self, k: int) -> Group:
-        return self.groups[k]
-
-
-def preference_groups(prefs: Preferences) -> list[Group]:
-    """The connected groups of the pair graph (one ranking or pair line each, unless lines share
-    responses): for each, its item indices (K,) and its pairs (P_g, 2) as positions in those items."""
-    parent = list(range(len(prefs.items)))
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for i, j in prefs.pairs:
-        parent[root(int(i))] = root(int(j))
-    members: dict[int, list[int]] = {}
-    for i in np.unique(prefs.pairs):
-        members.setdefault(root(int(i)), []).append(int(i))
-    pairs_of: dict[int, list[tuple[int, int]]] = {}
-    for i, j in prefs.pairs:
-        pairs_of.setdefault(root(int(i)), []).append((int(i), int(j)))
-    groups = []
-    for key, items in members.items():
-        where = {item: k for k, item in enumerate(items)}
-        local = np.array([(where[i], where[j]) for i, j in pairs_of[key]], dtype=np.int64)
-        groups.append((np.array(items, dtype=np.int64), local))
-    return groups
-
-
-def tidy(prefs: Preferences) -> Preferences:
-    """The preferences without exact repeats of a pair (same prompt, chosen and rejected text, and annotator where
-    the items name one: the first is kept) and without pairs of a text with itself, each dropped count said in a
-    warning, as is the count of pairs whose reverse is there too (kept: ties, or labelers who disagree, pull the
-    two scores together)."""
-    seen: set[tuple[str, str, str, str]] = set()
-    keep, repeats, same = [], 0, 0
-    for k, (i, j) in enumerate(prefs.pairs):
-        a, b = prefs.items[int(i)], prefs.items[int(j)]
-        key = (a.prompt, a.text, b.text, str(a.info.get("annotator", "")))  # two annotators' agreeing labels: both
-        if a.text == b.text:
-            same += 1
-        elif key in seen:
-            repeats += 1
-        else:
-            seen.add(key)
-            keep.append(k)
-    both_ways = sum((prompt, b, a, who) in seen for prompt, a, b, who in seen)
-    if repeats:
-        log.warning("reward: %d of %d preference pairs repeat an earlier pair exactly (same prompt, chosen, rejected "
-                    "and annotator); each is used once", repeats, len(prefs.pairs))
-    if same:
-        log.warning("reward: %d preference pair(s) compare a response with itself (chosen == rejected); dropped",
-                    same)
-    if both_ways:
-        log.warning("reward: %d preference pairs also appear the other way round (ties, or labelers who "
-                    "disagree); both are kept", both_ways)
-    if len(keep) == len(prefs.pairs):
-        return prefs
-    return Preferences(items=prefs.items, pairs=prefs.pairs[keep], scores=prefs.scores,
-                       demonstrations=prefs.demonstrations, baselines=prefs.baselines)
 
 
 def encode_pairs(tokenizer: Any, prompts: Sequence[str], responses: Sequence[str], max_length: int) -> list[list[int]]:
@@ -360,29 +283,8 @@ class BradleyTerry(RewardModel):
 
     def split(self, groups: list[Group], items: Sequence[Response],
               rng: np.random.Generator) -> tuple[list[Group], list[Group]]:
-        """Hold out every group of randomly drawn prompts until they hold `val_fraction` of the groups (at least
-        one prompt when val_fraction > 0, and never all of them)."""
-        if self.val_fraction == 0:
-            return groups, []
-        by_prompt: dict[str, list[int]] = {}
-        for k, (members, _) in enumerate(groups):
-            by_prompt.setdefault(items[int(members[0])].prompt, []).append(k)
-        if len(by_prompt) < 2:
-            raise ValueError(f"reward.val_fraction={self.val_fraction} holds out whole prompts, but the "
-                             f"preferences have {len(by_prompt)} prompt; set reward.val_fraction=0")
-        prompts = list(by_prompt)
-        wanted, held = max(1, round(len(groups) * self.val_fraction)), list[int]()
-        for k in rng.permutation(len(prompts))[: len(prompts) - 1]:
-            if held and len(held) + len(by_prompt[prompts[k]]) > wanted:
-                continue  # (a prompt that would overshoot the fraction, once one is held out)
-            held += by_prompt[prompts[k]]
-            if len(held) >= wanted:
-                break
-        held_set = set(held)
-        if len(held) > 2 * wanted:
-            log.warning("reward: the held-out prompts hold %d of the %d rankings (reward.val_fraction=%g asks %d): "
-                        "one prompt has that many", len(held), len(groups), self.val_fraction, wanted)
-        return [g for k, g in enumerate(groups) if k not in held_set], [groups[k] for k in sorted(held_set)]
+        """(training, held-out) groups, held out by prompt (plugins/response_pairs.py)."""
+        return split_by_prompt(groups, items, self.val_fraction, rng, "reward.val_fraction")
 
     @torch.no_grad()
     def _raw_scores(self, encodings: list[list[int]]) -> np.ndarray:

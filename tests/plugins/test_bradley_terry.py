@@ -14,14 +14,13 @@ from core.tracking import NullTracker
 from core.types import Preferences, Response, Trajectory
 from plugins.lm import tiny_encoder
 from plugins.preferences.file import read_preference_file
+from plugins.response_pairs import preference_groups, tidy
 from plugins.rewards.bradley_terry import (
     BradleyTerry,
     bradley_terry_loss,
     collate,
     last_token_pool,
     mean_pool,
-    preference_groups,
-    tidy,
 )
 from plugins.rewards.trex import TREX
 from tests.plugins.text_data import sentiment_records, write_jsonl

@@ -11,7 +11,8 @@ import numpy as np
 import torch
 
 from plugins.preferences.file import read_preference_file
-from plugins.rewards.bradley_terry import collate, preference_groups
+from plugins.response_pairs import preference_groups
+from plugins.rewards.bradley_terry import collate
 from plugins.rewards.ranking_losses import bradley_terry_loss, margin_loss, plackett_luce_loss, total_order
 from tests.plugins.text_data import write_jsonl
 
