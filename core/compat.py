@@ -57,12 +57,12 @@ def used_groups(classes: dict[str, Any], reward_loaded: bool = False) -> tuple[s
     """The config groups a run with these plugin classes (group -> class) uses: env and policy always; the
     reward where the optimizer uses one (PPO; not BC, SFT or pretraining); the preference source where that
     reward learns in this run (not loaded with reward.init, unless an online source refits it) or the
-    optimizer learns from demonstrations."""
+    optimizer learns from demonstrations or from the preferences themselves (DPO)."""
     caps = {group: cls.capabilities for group, cls in classes.items()}
     reward = caps["policy"].uses_reward
     learns = (reward and caps["reward"].needs_preferences
               and (not reward_loaded or caps["preference"].queries_online))
-    source = learns or caps["policy"].needs_demonstrations
+    source = learns or caps["policy"].needs_demonstrations or caps["policy"].needs_preferences
     return ("env", "policy") + (("reward",) if reward else ()) + (("preference",) if source else ())
 
 

@@ -32,7 +32,8 @@ class Capabilities:
     observations: observation kinds it accepts ("vector", "image", "text").
     actions: action kinds it accepts ("discrete", "continuous", "token").
     needs_demonstrations: an Optimizer that learns from demonstrations (behavioral cloning).
-    needs_preferences: a RewardModel trained from preferences (False for the true reward).
+    needs_preferences: a RewardModel trained from preferences (False for the true reward), or an Optimizer that
+        learns from them directly, with no reward model (DPO): it is handed the preferences.
     provides_demonstrations: a PreferenceSource whose items are whole demonstration trajectories.
     queries_online: a PreferenceSource that adds preferences while the policy trains (its
         `online_callback`); it needs a RewardModel that `refits` and an Optimizer that `calls_back`.
@@ -339,7 +340,7 @@ class PreferenceSource(ABC):
 
 
 class Optimizer(ABC):
-    """Improves a Policy against a reward: PPO, behavioral cloning, pretraining, ..."""
+    """Improves a Policy against a reward or directly from preferences: PPO, GRPO, DPO, behavioral cloning, ..."""
 
     capabilities: ClassVar[Capabilities]
 
@@ -352,9 +353,11 @@ class Optimizer(ABC):
         demonstrations: list[Trajectory] | None = None,
         callback: IterationCallback | None = None,
         init: SavedPolicy | None = None,
+        preferences: Preferences | None = None,
     ) -> Policy:
         """Train and return the final policy. `reward.uses_env_reward` selects the true reward;
-        `demonstrations` (best first) are given to optimizers that declare needs_demonstrations;
+        `demonstrations` (best first) are given to optimizers that declare needs_demonstrations, `preferences`
+        to those that declare needs_preferences (and then `reward` is unused);
         `init`: the policy to start from (an earlier stage's, or policy.init); None: a fresh one
         (text: the task's model). Text optimizers measure their KL against where they started."""
 

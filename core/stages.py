@@ -3,7 +3,8 @@ made and producing its own (core/artifacts.py says how each is saved and loaded)
 
     Gather(source)         -> preferences (+ demonstrations, from sources that provide them)
     FitReward(reward)      preferences (+ demonstrations for D-REX) -> reward model
-    Optimize(optimizer)    [reward model] [demonstrations] [the latest policy] -> control policy or language model
+    Optimize(optimizer)    [reward model] [demonstrations] [preferences, for DPO] [the latest policy] -> control policy
+                           or language model
     Evaluate()             policy [reward model] -> evaluation
 
 The default recipe follows the config groups (preference -> reward -> policy -> evaluation); `recipe:`
@@ -179,7 +180,8 @@ class Optimize(Stage):
         self.optimizer, self.name, self.online, self.reward_target = optimizer, name, online, reward_target
         caps = type(optimizer).capabilities
         self.data_parallel = caps.data_parallel and online is None
-        self.consumes = ((DEMONSTRATIONS,) if caps.needs_demonstrations else ()) + ((REWARD,) if uses_reward else ())
+        self.consumes = (((DEMONSTRATIONS,) if caps.needs_demonstrations else ()) + ((REWARD,) if uses_reward else ())
+                         + ((PREFERENCES,) if caps.needs_preferences else ()))
         self.produces = (LANGUAGE_MODEL if text else POLICY,)
 
     def describe(self) -> str:
@@ -190,7 +192,9 @@ class Optimize(Stage):
                  and type(self.optimizer).capabilities.needs_demonstrations else None)
         callback = (self.online.online_callback(a.preferences, a.reward, s.env, run)
                     if self.online is not None and a.preferences is not None else None)
-        policy = self.optimizer.fit(s.env, a.reward, run, demonstrations=demos, callback=callback, init=a.policy)
+        prefs = a.preferences if type(self.optimizer).capabilities.needs_preferences else None
+        policy = self.optimizer.fit(s.env, a.reward, run, demonstrations=demos, callback=callback, init=a.policy,
+                                    preferences=prefs)
         a.trained, a.policy = policy, save_policy(policy, s.checkpoints / self.name, s.env)
         if callback is not None:  # the labels asked while it trained, and the reward refit on them
             assert self.online is not None and a.preferences is not None

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from core.interfaces import Capabilities, Environment, IterationCallback, Optimizer, Policy, RewardModel, SavedPolicy
 from core.run import ResumableLoader, RunContext
 from core.schema import LearningRate, NonNegative, PositiveInt, Range, UnitOpen
-from core.types import Trajectory
+from core.types import Preferences, Trajectory
 from plugins.policies.cnn import actor_critic_for, start_from
 from plugins.policies.mlp import ActorCriticBase
 
@@ -89,7 +89,7 @@ class BehavioralCloning(Optimizer):
 
     def fit(self, env: Environment, reward: RewardModel, run: RunContext,
             demonstrations: list[Trajectory] | None = None, callback: IterationCallback | None = None,
-            init: SavedPolicy | None = None) -> Policy:
+            init: SavedPolicy | None = None, preferences: Preferences | None = None) -> Policy:
         """Clone the best `top_fraction` of `demonstrations` (given best first), starting from `init` if given
         (its normalisation kept); `reward` is unused."""
         if not demonstrations:

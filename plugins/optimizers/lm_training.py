@@ -43,7 +43,7 @@ from core.interfaces import (
 from core.jsonl import exact_fields, json_object, read_jsonl, text_field
 from core.run import ResumableLoader, RunContext
 from core.schema import LearningRate, OpenUnit, PositiveInt
-from core.types import Trajectory
+from core.types import Preferences, Trajectory
 from plugins.policies.text import LoraSettings, TextPolicy, build_text_policy
 from plugins.reviews import CORPUS, DEMONSTRATIONS
 
@@ -160,7 +160,7 @@ class CausalLMTraining(Optimizer):
 
     def fit(self, env: Environment, reward: RewardModel, run: RunContext,
             demonstrations: list[Trajectory] | None = None, callback: IterationCallback | None = None,
-            init: SavedPolicy | None = None) -> Policy:
+            init: SavedPolicy | None = None, preferences: Preferences | None = None) -> Policy:
         """Train on policy.path (or the bundled file), from `init` (else policy.model, else env.model);
         `reward` is unused."""
         if not isinstance(env, PromptTask):

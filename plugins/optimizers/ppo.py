@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 from core.interfaces import Capabilities, Environment, IterationCallback, Optimizer, Policy, RewardModel, SavedPolicy
 from core.run import ResumableLoader, RunContext
 from core.schema import ConfigError, LearningRate, NonNegative, Positive, PositiveInt, Unit, structured
-from core.types import Trajectory
+from core.types import Preferences, Trajectory
 from plugins.policies.cnn import actor_critic_for, start_from
 from plugins.policies.mlp import ActorCriticBase, RunningMeanStd
 
@@ -356,7 +356,7 @@ class PPO(Optimizer):
 
     def fit(self, env: Environment, reward: RewardModel, run: RunContext,
             demonstrations: list[Trajectory] | None = None, callback: IterationCallback | None = None,
-            init: SavedPolicy | None = None) -> Policy:
+            init: SavedPolicy | None = None, preferences: Preferences | None = None) -> Policy:
         policy = (start_from(init, env, "policy=ppo") if init is not None else
                   actor_critic_for(env.observation_space, env.action_space, self.hp.hidden_sizes,
                                    self.hp.activation, self.hp.normalize_obs))

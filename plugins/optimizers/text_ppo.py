@@ -60,7 +60,7 @@ from core.schema import (
     Unit,
     structured,
 )
-from core.types import Trajectory
+from core.types import Preferences, Trajectory
 from plugins.optimizers.ppo import clipped_policy_loss, gae, value_loss
 from plugins.policies.text import LoraSettings, Rollout, TextPolicy, build_text_policy
 
@@ -304,7 +304,7 @@ class TextPPO(Optimizer):
 
     def fit(self, env: Environment, reward: RewardModel, run: RunContext,
             demonstrations: list[Trajectory] | None = None, callback: IterationCallback | None = None,
-            init: SavedPolicy | None = None) -> Policy:
+            init: SavedPolicy | None = None, preferences: Preferences | None = None) -> Policy:
         if not isinstance(env, PromptTask):
             raise TypeError(f"the text PPO optimises language models in env=text, got {type(env).__name__}")
         with torch.random.fork_rng():
