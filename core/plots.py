@@ -58,6 +58,13 @@ def learning_curve(path: Path, history: dict[str, list[tuple[int, float]]], best
         ax.scatter([history["train/true_return"][-1][0]], [eval_return], color="black", zorder=5,
                    label="final evaluation (mean)")
     ax.set(xlabel="environment steps", ylabel="true return (episode)", title=title)
+    if not history.get("train/true_return"):  # no policy optimised on a return (SFT, DPO): its training losses
+        losses = [k for k in sorted(history) if k.endswith("/train_loss") or k == "dpo/loss"]
+        for key in losses:
+            steps, values = zip(*history[key], strict=True)
+            ax.plot(steps, values, lw=1.5, label=key)
+        if losses:
+            ax.set(xlabel="training steps", ylabel="training loss")
     if history.get("train/learned_return"):
         ax2 = ax.twinx()
         steps, values = zip(*history["train/learned_return"], strict=True)
@@ -65,3 +72,25 @@ def learning_curve(path: Path, history: dict[str, list[tuple[int, float]]], best
         ax2.set_ylabel("learned return", color="tab:green")
         ax2.legend(loc="lower right", fontsize=8)
     _finish(fig, ax, path, legend_loc="upper left")
+
+
+def sweep_gold_vs_kl(path: Path, points: list[tuple[str, float, float, float]], title: str) -> None:
+    """A sweep's text runs on one picture: each run's final gold reward against its KL to the reference,
+    points: (setting, KL, gold, the reference's gold); one colour per setting (its seeds' runs as dots, their mean
+    as a cross), the reference's gold (KL 0) as a dashed line."""
+    fig, ax = plt.subplots(figsize=(7, 4.8))
+    settings = list(dict.fromkeys(p[0] for p in points))
+    colors = plt.get_cmap("tab10")
+    for k, setting in enumerate(settings):
+        kl = np.array([p[1] for p in points if p[0] == setting])
+        gold = np.array([p[2] for p in points if p[0] == setting])
+        color = colors(k % 10)
+        ax.scatter(kl, gold, color=color, alpha=0.6, s=25)
+        ax.scatter([kl.mean()], [gold.mean()], color=color, marker="X", s=110, edgecolor="black", zorder=5,
+                   label=f"{setting} ({len(kl)} run{'s' if len(kl) > 1 else ''})")
+    reference = np.array([p[3] for p in points])
+    if np.isfinite(reference).any():
+        ax.axhline(float(np.nanmean(reference)), color="tab:gray", ls="--", lw=1, label="reference policy (KL 0)")
+    ax.set(xlabel="KL(policy || reference), nats per response (eval/kl_to_ref)",
+           ylabel="gold reward (eval/gold_reward_mean)", title=f"{title}\nfinal gold reward against KL, per run")
+    _finish(fig, ax, path, legend_loc="best")

@@ -3,7 +3,7 @@
 Every tracker keeps an in-memory history of the metrics it was given, so plots can be drawn whether
 or not a backend records them, and appends them to metrics.jsonl in the run's output folder, so a run
 whose tracking store went away midway still has them all. A Hydra multirun is one parent MLflow run
-with a child run per job, under every launcher: `SweepCallback` creates the parent in the launching
+with a child run per job, under every launcher: `SweepCallback` (core/sweeps.py) creates the parent in the launching
 process before any job starts and puts its id in the environment (REXLAB_PARENT_RUN_ID), which the
 jobs inherit (worker processes, SLURM jobs, a Ray cluster through its runtime_env) and read as
 `tracking.parent_run_id`.
@@ -15,13 +15,10 @@ about once, and the run goes on without it.
 
 from __future__ import annotations
 
-import atexit
 import json
 import logging
 import math
 import os
-import socket
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -30,7 +27,6 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Literal
 
-from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from core.errors import NamedError
@@ -122,8 +118,10 @@ class Tracker:
         returns its id, which the jobs get as tracking.parent_run_id."""
         return None
 
-    def end_sweep(self, run_id: str, status: str = "FINISHED", table: Path | None = None) -> None:
-        """Close the parent run `run_id` of a multirun with `status`, attaching the jobs' table."""
+    def end_sweep(self, run_id: str, status: str = "FINISHED", table: Path | None = None,
+                  plots: tuple[Path, ...] = ()) -> None:
+        """Close the parent run `run_id` of a multirun with `status`, attaching the jobs' table and the sweep's
+        plots (under plots/)."""
 
     def last(self, key: str) -> float | None:
         """The most recently logged value of a metric, or None."""
@@ -362,9 +360,12 @@ class MlflowTracker(Tracker):
         log.info("MLflow parent run %s (%s)", name, run.info.run_id)
         return str(run.info.run_id)
 
-    def end_sweep(self, run_id: str, status: str = "FINISHED", table: Path | None = None) -> None:
+    def end_sweep(self, run_id: str, status: str = "FINISHED", table: Path | None = None,
+                  plots: tuple[Path, ...] = ()) -> None:
         if table is not None and table.exists():
             self._call(self.client.log_artifact, run_id, str(table))
+        for plot in plots:
+            self._call(self.client.log_artifact, run_id, str(plot), "plots")
         if self._call(self.client.get_run, run_id).info.status == "RUNNING":
             self._call(self.client.set_terminated, run_id, status)
 
@@ -376,97 +377,3 @@ def _is_tracking_error(err: Exception) -> bool:
     from sqlalchemy.exc import SQLAlchemyError
 
     return isinstance(err, MlflowException | RequestException | SQLAlchemyError | OSError)
-
-
-JOBS_FILE = "jobs.jsonl"
-
-
-def sweep_table(sweep_dir: Path) -> str:
-    """The jobs of a multirun (from <sweep_dir>/jobs.jsonl, written as each job ends) as a table."""
-    file = sweep_dir / JOBS_FILE
-    jobs = [json.loads(line) for line in file.read_text().splitlines()] if file.exists() else []
-    jobs.sort(key=lambda j: j["job"])
-    failed = sum(j["status"] != "FINISHED" for j in jobs)
-    rows = [f"| {j['job']} | {j['status']} | `{j['overrides']}` | {j['error']} |" for j in jobs]
-    return "\n".join([f"sweep {sweep_dir}: {len(jobs)} job(s), {failed} failed", "",
-                      "| job | status | overrides | error (last line) |", "|---|---|---|---|", *rows]) + "\n"
-
-
-class SweepCallback(Callback):
-    """Hydra callback: one parent run per multirun, created in the launching process before the launcher
-    starts any job, its id handed to the jobs through the environment (REXLAB_PARENT_RUN_ID, read as
-    tracking.parent_run_id: inherited by joblib's workers, submitit's local and SLURM jobs and a Ray
-    cluster the launcher starts; conf/hydra/launcher/ray.yaml passes it to an existing one), and closed after
-    them; a table of every job (number, overrides, status, the last line of its error) on the console and as
-    the parent's artifact jobs.md, failed jobs included (Hydra's sweeper raises the first failure after all
-    jobs ran and skips on_multirun_end: the table and the parent's closing then happen at exit)."""
-
-    def __getstate__(self) -> dict[str, Any]:  # the jobs get a copy of Hydra's callbacks: the parent stays here
-        return {k: v for k, v in self.__dict__.items() if k not in ("tracker", "parent_run_id")}
-
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from hydra.errors import InstantiationException
-        from hydra.utils import instantiate
-
-        self.sweep_dir = Path(config.hydra.sweep.dir)
-        self.finished = False
-        try:
-            self.tracker: Tracker = instantiate(config.tracking)
-        except InstantiationException as err:
-            cause = err.__cause__
-            if isinstance(cause, NamedError):  # e.g. an unreachable tracking server: said before any job starts
-                print(f"[{self.sweep_dir}] {cause}", file=sys.stderr, flush=True)
-                sys.exit(2)
-            raise
-        launcher = str(OmegaConf.select(config, "hydra.launcher._target_", default="")).rsplit(".", 1)[-1]
-        tags = {"rexlab.launcher": launcher, "rexlab.sweep_dir": str(self.sweep_dir.resolve()),
-                "rexlab.pid": str(os.getpid()), "rexlab.host": socket.gethostname()}
-        self.parent_run_id = self.tracker.start_sweep(f"sweep {self.sweep_dir.name}", tags)
-        self.previous_env = os.environ.get(PARENT_ENV)
-        if self.parent_run_id:
-            os.environ[PARENT_ENV] = self.parent_run_id
-        atexit.register(self.finish)
-
-    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
-        from hydra.core.utils import JobStatus
-        from hydra.types import RunMode
-
-        if config.hydra.mode != RunMode.MULTIRUN:
-            return
-
-        error = ""
-        if job_return.status == JobStatus.FAILED:
-            failure = job_return._return_value
-            lines = str(failure).strip().splitlines()
-            error = f"{type(failure).__name__}: {lines[-1].strip() if lines else ''}"[:300]
-        record = {"job": int(config.hydra.job.num), "overrides": " ".join(config.hydra.overrides.task),
-                  "status": "FINISHED" if job_return.status == JobStatus.COMPLETED else "FAILED", "error": error}
-        sweep_dir = Path(config.hydra.sweep.dir)
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        with open(sweep_dir / JOBS_FILE, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        self.finish()
-
-    def finish(self) -> None:
-        """Print the jobs' table, attach it to the parent run and close the parent (FAILED if any job failed)."""
-        if self.finished:
-            return
-        self.finished = True
-        if self.previous_env is None:
-            os.environ.pop(PARENT_ENV, None)
-        else:
-            os.environ[PARENT_ENV] = self.previous_env
-        table = sweep_table(self.sweep_dir)
-        print("\n" + table, flush=True)
-        self.sweep_dir.mkdir(parents=True, exist_ok=True)
-        (self.sweep_dir / "jobs.md").write_text(table, encoding="utf-8")
-        failed = "0 failed" not in table.splitlines()[0]
-        if self.parent_run_id:
-            try:
-                self.tracker.end_sweep(self.parent_run_id, "FAILED" if failed else "FINISHED",
-                                       self.sweep_dir / "jobs.md")
-            except Exception as err:  # (the store is gone: the jobs' table is in the sweep folder still)
-                print(f"could not close the sweep's parent run {self.parent_run_id}: {type(err).__name__}: "
-                      f"{str(err).strip()[:300]}", file=sys.stderr, flush=True)

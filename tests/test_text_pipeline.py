@@ -138,3 +138,42 @@ def test_text_ppo_starts_from_an_sft_run(in_tmp: Path, tiny_lm_dir: str) -> None
     assert read_manifest(in_tmp / "ppo" / "checkpoints" / "policy")["load"]["reference"] == str(
         in_tmp / "sft" / "checkpoints" / "policy")
     assert metrics["eval/kl_to_ref"] >= 0
+
+
+def test_dpo_learns_from_the_preferences_directly_with_no_reward_stage(in_tmp: Path, char_lm_dir: str,
+                                                                      tiny_encoder_dir: str) -> None:
+    path = write_jsonl(in_tmp / "prefs.jsonl", sentiment_records(40, seed=1))
+    cfg, choices = compose_with_choices(*tiny(char_lm_dir, tiny_encoder_dir), "policy=dpo", "preference=file",
+                                        f"preference.path={path}", "tracking=none", "policy.val_fraction=0.25")
+    metrics = run_pipeline(cfg, choices, in_tmp / "out")
+    checkpoints = in_tmp / "out" / "checkpoints"
+    assert (checkpoints / "policy" / "rexlab.yaml").exists() and not (checkpoints / "reward").exists()
+    assert {"eval/gold_reward_mean", "eval/kl_to_ref", "eval/win_rate_vs_ref"} <= set(metrics)
+    assert "eval/learned_reward_mean" not in metrics  # no reward model was learned
+    assert (in_tmp / "out" / "plots" / "gold_vs_kl.png").exists()
+
+
+def test_dpo_is_refused_a_source_of_control_trajectories(char_lm_dir: str) -> None:
+    env = TextEnv(model=char_lm_dir)
+    cfg, choices = compose_with_choices("env=text", "policy=dpo")
+    assert choices["preference"] == "learner_checkpoints"
+    with pytest.raises(IncompatibleError, match="preference=learner_checkpoints cannot work with env=text"):
+        check_compatible(env, choices, {g: plugin_class(cfg[g]) for g in ("reward", "preference", "policy")})
+
+
+def test_a_sweep_over_text_methods_is_one_parent_with_their_gold_against_kl_on_one_plot(
+        in_tmp: Path, char_lm_dir: str, tiny_encoder_dir: str) -> None:
+    from tests.test_launchers import sweep_runs
+    from tests.test_pipeline import run_main
+
+    path = write_jsonl(in_tmp / "prefs.jsonl", sentiment_records(40, seed=1))
+    result = run_main(["-m", *tiny(char_lm_dir, tiny_encoder_dir), "policy=ppo,dpo", "preference=file",
+                       f"preference.path={path}"], in_tmp)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    parent, children = sweep_runs(in_tmp)
+    assert sorted(r.data.tags["choice.policy"] for r in children) == ["dpo", "ppo"]
+    assert all("eval/kl_to_ref" in r.data.metrics for r in children)
+    client = MlflowClient(f"sqlite:///{in_tmp / 'mlflow.db'}")
+    assert "plots/gold_vs_kl.png" in all_artifacts(client, parent.info.run_id)
+    [sweep] = list((in_tmp / "multirun").glob("*/*"))
+    assert (sweep / "plots" / "gold_vs_kl.png").stat().st_size > 10_000
