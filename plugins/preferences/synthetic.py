@@ -39,7 +39,7 @@ class SyntheticLabeler(PreferenceSource):
     capabilities = Capabilities(observations=frozenset({"vector", "image", "text"}))
 
     def __init__(self, rollouts: PreferenceSource, num_queries: PositiveInt | None = 2000,
-                 fragment_length: PositiveInt = 50, agreement: Annotated[float, Range(gt=0.5, lt=1)] = 0.72,
+                 fragment_length: PositiveInt = 50, agreement: Annotated[float, Range(gt=0.5, le=1)] = 0.72,
                  noise: Literal["boltzmann", "flip"] = "boltzmann", annotators: PositiveInt = 1,
                  annotator_spread: NonNegative = 0.5) -> None:
         self.rollouts, self.num_queries, self.fragment_length = rollouts, num_queries, fragment_length

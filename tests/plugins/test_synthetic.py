@@ -46,7 +46,8 @@ def cartpole_source(tmp_path: Path) -> RankedDemos:
 
 
 @pytest.mark.parametrize(("noise", "annotators", "target"), [("boltzmann", 1, 0.72), ("flip", 1, 0.6),
-                                                             ("boltzmann", 3, 0.72)])
+                                                             ("boltzmann", 3, 0.72), ("boltzmann", 1, 1.0),
+                                                             ("flip", 3, 1.0)])
 def test_measured_agreement_is_near_the_target(tmp_path: Path, noise: str, annotators: int, target: float) -> None:
     L.seed_everything(0)
     tracker = NullTracker()
@@ -66,5 +67,5 @@ def test_bad_settings_are_named_with_what_is_allowed() -> None:
     cfg = compose_config("preference=synthetic", "preference.agreement=0.4", "preference.noise=gaussian")
     with pytest.raises(ConfigError) as err:
         check_config(cfg, ["preference"], RunSettings)
-    assert "preference.agreement: 0.4: must be a number in (0.5, 1)" in str(err.value)
+    assert "preference.agreement: 0.4: must be a number in (0.5, 1]" in str(err.value)
     assert 'preference.noise: "gaussian": must be one of "boltzmann", "flip"' in str(err.value)
