@@ -121,3 +121,23 @@ def split_by_prompt(groups: list[Group], items: Sequence[Response], fraction: fl
         log.warning("the held-out prompts hold %d of the %d rankings (%s=%g asks %d): one prompt has that many",
                     len(held), len(groups), key, fraction, wanted)
     return [g for k, g in enumerate(groups) if k not in held_set], [groups[k] for k in sorted(held_set)]
+
+
+def merge_identical(prefs: Preferences) -> Preferences:
+    """The preferences over one item per distinct (prompt, text): sources that copy a response into every pair it is
+    in (preference=synthetic with env=text, per-annotator copies from the labeling page) give a response's pairs one
+    item, so that the pairs among one prompt's responses form one group and a learner scores each response once.
+    Pairs are kept as they are (two annotators' agreeing labels stay two pairs); the first copy's gold and info stand
+    for the item."""
+    index: dict[tuple[str, str], int] = {}
+    items: list[Response] = []
+    where = np.empty(len(prefs.items), dtype=np.int64)
+    for k, item in enumerate(prefs.items):
+        key = (item.prompt, item.text)
+        if key not in index:
+            index[key] = len(items)
+            items.append(item)
+        where[k] = index[key]
+    if len(items) == len(prefs.items):
+        return prefs
+    return Preferences(items=items, pairs=where[prefs.pairs], baselines=prefs.baselines)

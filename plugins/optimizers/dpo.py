@@ -55,7 +55,7 @@ from core.run import ResumableLoader, RunContext
 from core.schema import LearningRate, Positive, PositiveInt, UnitOpen
 from core.types import Preferences, Response, Trajectory
 from plugins.policies.text import LoraSettings, Rollout, TextPolicy, build_text_policy
-from plugins.response_pairs import preference_groups, split_by_prompt, tidy
+from plugins.response_pairs import merge_identical, preference_groups, split_by_prompt, tidy
 
 log = logging.getLogger(__name__)
 
@@ -227,7 +227,7 @@ class DPO(Optimizer):
         if preferences is None or not preferences.items or not isinstance(preferences.items[0], Response):
             raise TypeError("policy=dpo learns from preferences over text responses (preference=synthetic, file, "
                             "human, ...); it was given none")
-        prefs = tidy(preferences)
+        prefs = merge_identical(tidy(preferences))  # (tidy first: it tells annotators' copies apart)
         if len(prefs.pairs) == 0:
             raise ValueError("policy=dpo needs at least one preference pair; the preference source gave none")
         with torch.random.fork_rng():

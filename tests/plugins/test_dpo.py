@@ -84,3 +84,17 @@ def test_dpo_refuses_preferences_over_anything_but_responses(char_lm_dir: str, t
     env = TextEnv(model=char_lm_dir, max_new_tokens=12)
     with pytest.raises(TypeError, match="policy=dpo learns from preferences over text responses"):
         DPO().fit(env, None, RunContext(0, tmp_path, NullTracker(), progress=False))  # type: ignore[arg-type]
+
+
+def test_copies_of_a_response_become_one_item_so_a_prompts_pairs_are_one_group() -> None:
+    from plugins.response_pairs import merge_identical, preference_groups
+
+    copies = [Response("p", "good"), Response("p", "fine"), Response("p", "good"), Response("p", "bad"),
+              Response("p", "fine"), Response("p", "bad"),
+              Response("q", "good"), Response("q", "bad")]  # (a labeler's pairs, each with its own copies)
+    prefs = Preferences(copies, np.array([[0, 1], [2, 3], [4, 5], [6, 7]]))
+    merged = merge_identical(prefs)
+    assert [(r.prompt, r.text) for r in merged.items] == [("p", "good"), ("p", "fine"), ("p", "bad"), ("q", "good"),
+                                                          ("q", "bad")]
+    assert merged.pairs.tolist() == [[0, 1], [0, 2], [1, 2], [3, 4]]
+    assert sorted(len(items) for items, _ in preference_groups(merged)) == [2, 3]  # one group per prompt
