@@ -11,10 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from core.errors import NamedError
 from core.interfaces import Capabilities, Environment
 from core.schema import HYDRA_KEYS, signature_types
-from core.variants import CONF_DIR, VARIANTS, preset_keys
-
-CORE_KEYS = {"init"}
-"""Keys core reads from a group's node, never passed to the plugin (`policy.init`, `reward.init`)."""
+from core.variants import CONF_DIR, CORE_KEYS, VARIANTS, preset_keys
 
 
 class IncompatibleError(NamedError, ValueError):

@@ -13,9 +13,13 @@ one env option, one budget, or one budget with one env:
 
 They apply in that order (env, budget, budget+env) over the file's own values, in every plugin node of
 the composed config, nested ones included, parent before children; presets (experiment=...) and the
-command line still win over them. A variant value that is a whole plugin node (with a `_target_` other
-than the current one) replaces the node, as `env=text` swaps PPO for the text PPO. Hydra composes each
-file as usual; `resolve_variants` runs on the composed config before anything reads it, so a newcomer
+command line still win over them. A variant (or a value in it) that is a whole plugin node, with a
+`_target_` other than the node's current one, replaces that node whole instead of merging into it: none
+of the old plugin's keys stay, only those the preset or the command line set under the node (`env=text`
+swaps PPO for the text PPO, and the control noise injection for the text one, each variant spelling out
+every field it needs). The variants of the replaced node's own file still apply after it (a `debug:`
+entry meant for the control plugin meets the text one too: its `debug+text:` entry then wins). Hydra
+composes each file as usual; `resolve_variants` runs on the composed config before anything reads it, so a newcomer
 adding an env or a plugin writes one YAML file (and one Python file): no routing elsewhere.
 """
 
@@ -25,10 +29,12 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 VARIANTS = "variants"
+CORE_KEYS = {"init"}
+"""Keys core reads from a group's node, never passed to the plugin (`policy.init`, `reward.init`)."""
 
 
 def preset_keys(preset: str | None) -> set[str]:
@@ -73,22 +79,57 @@ def _explicit(key: str, explicit: set[str]) -> bool:
     return any(".".join(parts[:n]) in explicit for n in range(1, len(parts) + 1))
 
 
+def _raw(node: DictConfig, path: str) -> tuple[str, Any] | None:
+    """The value at dotted `path` under `node` as written (interpolations unresolved, containers as plain data),
+    with the path it was read at: the interpolation's own key where one lies on the way; None if absent."""
+    parts = path.split(".")
+    for n, part in enumerate(parts):
+        if not isinstance(node, DictConfig) or part not in node:
+            return None
+        child = node._get_node(part)
+        if n == len(parts) - 1 or OmegaConf.is_interpolation(node, part) or not isinstance(child, DictConfig):
+            if isinstance(child, DictConfig | ListConfig) and not OmegaConf.is_interpolation(node, part):
+                return ".".join(parts[:n + 1]), OmegaConf.to_container(child)
+            return ".".join(parts[:n + 1]), child._value()  # type: ignore[union-attr]
+        node = child
+    return None
+
+
+def _replacement(variant: DictConfig, current: DictConfig, key: str, explicit: set[str]) -> dict[str, Any]:
+    """A variant's whole plugin node replacing `current` (at dotted `key`) as plain data, with the keys core
+    reads itself (`policy.init`) and the values of the keys the preset or the command line set under `key`
+    kept from `current`."""
+    replacement = OmegaConf.create(OmegaConf.to_container(variant))
+    for name in sorted(CORE_KEYS & set(map(str, current)) - set(map(str, replacement))):
+        replacement[name] = _raw(current, name)[1]  # type: ignore[index]
+    for sub in sorted(k for k in explicit if k.startswith(key + ".")):
+        kept = _raw(current, sub[len(key) + 1:])
+        if kept is not None:
+            OmegaConf.update(replacement, kept[0], kept[1], merge=False, force_add=True)
+    return {str(k): v for k, v in OmegaConf.to_container(replacement).items()}  # type: ignore[union-attr]
+
+
+def _replaces(variant: Any, current: Any, key: str, explicit: set[str]) -> bool:
+    """Whether `variant` is a plugin node of another class than `current`'s (whose `_target_` no preset or
+    command line set), so it replaces the node rather than merging into it."""
+    return (isinstance(variant, DictConfig) and isinstance(current, DictConfig) and "_target_" in variant
+            and variant.get("_target_") != current.get("_target_") and not _explicit(f"{key}._target_", explicit))
+
+
 def _merge(node: DictConfig, variant: DictConfig, key: str, explicit: set[str]) -> None:
     for name in map(str, variant):
         full, value = f"{key}.{name}", variant._get_node(name)
         if _explicit(full, explicit):
             continue
         current = node._get_node(name) if name in node else None
-        if isinstance(value, DictConfig) and isinstance(current, DictConfig) and not OmegaConf.is_interpolation(
-                node, name) and value.get("_target_", current.get("_target_")) == current.get("_target_"):
-            _merge(current, value, full, explicit)
+        interpolated = name in node and OmegaConf.is_interpolation(node, name)
+        if isinstance(value, DictConfig) and isinstance(current, DictConfig) and not interpolated:
+            if _replaces(value, current, full, explicit):
+                node[name] = _replacement(value, current, full, explicit)
+            else:
+                _merge(current, value, full, explicit)
             continue
-        replacement = OmegaConf.create(OmegaConf.to_container(value)) if isinstance(value, DictConfig) else value
-        if isinstance(replacement, DictConfig) and isinstance(current, DictConfig):
-            for sub in [k for k in explicit if k.startswith(full + ".")]:  # the user's keys under it stay
-                OmegaConf.update(replacement, sub[len(full) + 1:], OmegaConf.select(current, sub[len(full) + 1:]),
-                                 force_add=True)
-        node[name] = replacement
+        node[name] = OmegaConf.to_container(value) if isinstance(value, DictConfig | ListConfig) else value
 
 
 def _visit(node: DictConfig, key: str, names: list[str], explicit: set[str]) -> None:
@@ -97,8 +138,17 @@ def _visit(node: DictConfig, key: str, names: list[str], explicit: set[str]) -> 
         with open_dict(node):
             del node[VARIANTS]
             for name in names:
-                if isinstance(variants, DictConfig) and variants.get(name) is not None:
-                    _merge(node, variants[name], key, explicit)
+                variant = variants.get(name) if isinstance(variants, DictConfig) else None
+                if variant is None:
+                    continue
+                if _replaces(variant, node, key, explicit):  # another plugin in this node's place
+                    replacement = _replacement(variant, node, key, explicit)
+                    for old in list(map(str, node)):
+                        del node[old]
+                    for new, value in replacement.items():
+                        node[new] = value
+                else:
+                    _merge(node, variant, key, explicit)
     for name in list(map(str, node)):
         child = node._get_node(name)
         if isinstance(child, DictConfig) and not OmegaConf.is_interpolation(node, name):

@@ -171,8 +171,12 @@ class TextPolicy(LanguagePolicy, nn.Module):
     # ------------------------------------------------------------ acting
     @torch.no_grad()
     def generate(self, queries: Sequence[Sequence[int]], generator: torch.Generator | None = None,
-                 reference: bool = False, deterministic: bool = False) -> Rollout:
-        """Sample a response (at most max_new_tokens, ending at EOS) to each prompt (token ids)."""
+                 reference: bool = False, deterministic: bool = False, epsilon: float = 0.0) -> Rollout:
+        """Sample a response (at most max_new_tokens, ending at EOS) to each prompt (token ids). epsilon: with
+        this probability, independently per row and step, the token is instead drawn uniformly from the
+        vocabulary (D-REX's noise injection), with the same `generator`; 0 draws no extra random numbers."""
+        if not 0.0 <= epsilon <= 1.0:
+            raise ValueError(f"epsilon must be in [0, 1], got {epsilon}")
         device = self.device
         query, query_mask = (x.to(device) for x in self.left_pad(queries))
         B, T = len(queries), self.max_new_tokens
@@ -189,6 +193,12 @@ class TextPolicy(LanguagePolicy, nn.Module):
                 cache = out.past_key_values
                 logits = out.logits[:, -1].float() / self.temperature
                 token = logits.argmax(-1) if deterministic else sample_tokens(torch.softmax(logits, -1), generator)
+                if epsilon > 0:  # B uniforms, then B token ids, whatever the outcome, on the generator's device
+                    where = generator.device if generator is not None else torch.device("cpu")
+                    noisy = torch.rand(B, generator=generator, device=where) < epsilon
+                    uniform = torch.randint(min(len(self.tokenizer), logits.shape[-1]), (B,), generator=generator,
+                                            device=where)
+                    token = torch.where(noisy.to(device), uniform.to(device), token)
                 token = torch.where(alive, token, torch.full_like(token, self.pad_id))
                 response[:, t] = token
                 lengths += alive.long()

@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
-from omegaconf import open_dict
+from omegaconf import OmegaConf, open_dict
 
 from core.compat import CONF_DIR, IncompatibleError
 from core.pipeline import RunSettings, finalize_config, run_pipeline
 from core.schema import ConfigError, check_config
+from core.variants import resolve_variants
 from tests.conftest import compose_config, compose_with_choices
 
 GROUPS = ["env", "reward", "preference", "policy"]
@@ -72,6 +73,27 @@ def test_variants_apply_below_presets_and_the_command_line() -> None:
     assert preset.reward.num_pairs == 2000 and preset.reward.epochs == 1 and preset.reward.frame_stride == 2
     text = compose_config("env=text", "preference=synthetic", "preference.rollouts.prompts=5")
     assert text.preference.rollouts._target_.endswith("ReferenceSamples") and text.preference.rollouts.prompts == 5
+
+
+def test_a_variant_naming_another_plugin_replaces_the_node_keeping_the_users_keys() -> None:
+    cfg = OmegaConf.create({"preference": {
+        "_target_": "control.Source", "demos": {"_target_": "control.Demos", "n": 1}, "levels": [1.0], "count": 5,
+        "init": None, "variants": {"text": {"_target_": "text.Source", "levels": [0.0], "prompts": 4},
+                                   "debug": {"count": 2}, "debug+text": {"prompts": 1}}}})
+    out = resolve_variants(cfg, "text", "debug", {"preference.levels"})
+    assert OmegaConf.to_container(out.preference) == {  # none of the control keys but the user's and core's
+        "_target_": "text.Source", "levels": [1.0], "prompts": 1, "init": None, "count": 2}
+    merged = resolve_variants(cfg, "cartpole", "debug", set())  # no text: the control node, its debug variant
+    assert merged.preference.count == 2 and merged.preference.demos.n == 1 and "prompts" not in merged.preference
+    # a user's _target_ wins: the variant merges into the node instead (the user's class keeps its keys)
+    kept = resolve_variants(cfg, "text", "full", {"preference._target_"})
+    assert kept.preference._target_ == "control.Source" and kept.preference.prompts == 4 and "demos" in kept.preference
+    # the real config: env=text swaps the control noise injection for the text one, a command-line key stays
+    text = compose_config("env=text", "preference=noise_injection", "experiment=debug", "preference.prompts=3")
+    assert text.preference._target_.endswith("TextNoiseInjection") and text.preference.prompts == 3
+    assert "cloner" not in text.preference and "demonstrations" not in text.preference
+    ppo = compose_config("env=text", "policy=ppo", "ppo.total_timesteps=777")  # swapped whole, its keys spelled out
+    assert ppo.policy._target_.endswith("TextPPO") and ppo.policy.total_timesteps == 777 and "init" in ppo.policy
 
 
 def test_a_new_env_needs_only_its_yaml_file(tmp_path: Path) -> None:
