@@ -74,8 +74,8 @@ def test_every_group_has_the_options_design_names() -> None:
     for group, names in {"env": {"cartpole", "pendulum", "mountaincar", "hopper", "halfcheetah", "atari", "text"},
                          "reward": {"true", "trex", "drex", "bradley_terry"},
                          "preference": {"learner_checkpoints", "ranked_demos", "noise_injection", "synthetic", "file",
-                                        "reference_samples"},
-                         "policy": {"ppo", "bc", "sft", "pretrain"},
+                                        "reference_samples", "human", "online"},
+                         "policy": {"ppo", "bc", "sft", "pretrain", "dpo", "grpo"},
                          "tracking": {"mlflow", "none"}, "trainer": {"cpu", "gpu", "ddp", "fsdp"}}.items():
         assert names <= set(options_of(group)), group
 
