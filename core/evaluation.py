@@ -68,6 +68,21 @@ def pearson(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.corrcoef(x, y)[0, 1])
 
 
+def true_order_accuracy(pairs: np.ndarray, learned: np.ndarray, true: np.ndarray) -> float:
+    """How often a learned score orders pairs (P, 2) of items as their true scores do: over the pairs whose true
+    scores differ (whatever the label said: labels may be noisy), the share where the learned scores (N,) order
+    the two the same way, a learned tie counting half; nan where no pair's true scores differ."""
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    learned, true = np.asarray(learned, dtype=np.float64), np.asarray(true, dtype=np.float64)
+    a, b = pairs[:, 0], pairs[:, 1]
+    informative = np.isfinite(true[a]) & np.isfinite(true[b]) & (true[a] != true[b])
+    if not informative.any():
+        return float("nan")
+    a, b = a[informative], b[informative]
+    agree = np.where(learned[a] == learned[b], 0.5, ((learned[a] > learned[b]) == (true[a] > true[b])).astype(float))
+    return float(agree.mean())
+
+
 def returns(trajs: list[Trajectory], reward: RewardModel | None = None) -> np.ndarray:
     """True returns of trajectories, or learned ones if a reward model is given."""
     if reward is None:

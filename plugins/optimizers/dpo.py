@@ -32,6 +32,7 @@ read as the preference they favour.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -41,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from core.evaluation import true_order_accuracy
 from core.interfaces import (
     Capabilities,
     Environment,
@@ -254,7 +256,28 @@ class DPO(Optimizer):
             trainer.validate(module, verbose=False)  # the starting model's: accuracy about 0.5, the curve's start
         run.fit(trainer, module)
         policy.eval()
+        if val:
+            self.log_true_accuracy(module, val, prefs.items, run, trainer.global_step)
         return policy
+
+    @torch.no_grad()
+    def log_true_accuracy(self, module: DPOModule, val: list[Batch], items: Sequence[Response], run: RunContext,
+                          step: int) -> None:
+        """dpo/val_true_accuracy: how often the final implicit reward orders the held-out pairs' responses as their
+        gold rewards do (pairs of equal gold left out), whatever their (perhaps noisy) labels say; where the
+        responses have a gold reward (simulated labels)."""
+        used = np.unique(np.concatenate([members for members, _ in val]))
+        if any(items[int(k)].gold is None for k in used):
+            return
+        learned, gold = np.full(len(items), np.nan), np.full(len(items), np.nan)
+        for start in range(0, len(used), self.score_batch_size):
+            rows = used[start:start + self.score_batch_size]
+            logp = module.policy.score_tokens(module.data.rollout(rows.tolist(), module.policy))[0].sum(1)
+            learned[rows] = (logp.float().cpu() - module.ref_logp[torch.as_tensor(rows)]).numpy()
+        gold[used] = [items[int(k)].gold for k in used]
+        accuracy = true_order_accuracy(np.concatenate([members[local] for members, local in val]), learned, gold)
+        if math.isfinite(accuracy):
+            run.log({"dpo/val_true_accuracy": accuracy}, step)
 
     @torch.no_grad()
     def reference_logprobs(self, policy: TextPolicy, data: Tokenized, used: np.ndarray, n: int) -> torch.Tensor:

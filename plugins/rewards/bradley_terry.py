@@ -48,6 +48,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from core.evaluation import true_order_accuracy
 from core.interfaces import Capabilities, Environment, RewardModel
 from core.run import ResumableLoader, RunContext
 from core.schema import LearningRate, NonNegative, PositiveInt, UnitOpen
@@ -266,6 +267,7 @@ class BradleyTerry(RewardModel):
                  pairs_trained // self.epochs, self.epochs, self.pairs_per_second)
         if val:  # the final model's, whatever step the last validation fell on
             run.log(self.evaluate(val, collate_fn), trainer.global_step)
+            self.log_true_accuracy(val, prefs.items, encodings, run, trainer.global_step)
         self.offset = float(np.mean(self._raw_scores(encodings)))
 
     @torch.no_grad()
@@ -280,6 +282,22 @@ class BradleyTerry(RewardModel):
             outputs.append((scores[batch["pairs"][:, 0]], scores[batch["pairs"][:, 1]]))
         loss, accuracy = pair_metrics(outputs)
         return {"reward/val_loss": loss, "reward/val_pair_accuracy": accuracy}
+
+    def log_true_accuracy(self, val: list[Group], items: Sequence[Response], encodings: list[list[int]],
+                          run: RunContext, step: int) -> None:
+        """reward/val_true_pair_accuracy: how often the learned reward orders the held-out pairs' responses as their
+        gold rewards do (pairs of equal gold left out), whatever their (perhaps noisy) labels say; where the
+        responses have a gold reward (simulated labels)."""
+        used = np.unique(np.concatenate([members for members, _ in val]))
+        if any(items[int(k)].gold is None for k in used):
+            return
+        learned, gold = np.full(len(items), np.nan), np.full(len(items), np.nan)
+        learned[used] = self._raw_scores([encodings[int(k)] for k in used])
+        gold[used] = [items[int(k)].gold for k in used]
+        pairs = np.concatenate([members[local] for members, local in val])
+        accuracy = true_order_accuracy(pairs, learned, gold)
+        if math.isfinite(accuracy):
+            run.log({"reward/val_true_pair_accuracy": accuracy}, step)
 
     def split(self, groups: list[Group], items: Sequence[Response],
               rng: np.random.Generator) -> tuple[list[Group], list[Group]]:

@@ -52,7 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from core.evaluation import pearson
+from core.evaluation import pearson, true_order_accuracy
 from core.interfaces import Capabilities, Environment, RewardModel
 from core.run import ResumableLoader, RunContext
 from core.schema import ConfigError, LearningRate, NonNegative, Positive, PositiveInt, UnitOpen
@@ -292,7 +292,22 @@ class TREX(RewardModel):
                                           self.offset_l2)
             by_length = np.mean(lengths[prefs.pairs[:, 0]] > lengths[prefs.pairs[:, 1]]) if len(prefs.pairs) else 0.0
             run.log({"reward/step_offset": self.offset, "reward/length_pair_accuracy": float(by_length)}, 0)
+        self.log_true_accuracy(prefs, val_pairs, run)
         self.fits += 1
+
+    def log_true_accuracy(self, prefs: Preferences, held_out: np.ndarray, run: RunContext) -> None:
+        """reward/val_true_pair_accuracy: how often the learned return (as optimisers get it) orders the held-out
+        preference pairs' items as their true returns do (pairs of equal true return left out), whatever their
+        (perhaps noisy) labels say."""
+        used = np.unique(held_out)
+        if len(used) == 0:
+            return
+        learned, true = np.full(len(prefs.items), np.nan), np.full(len(prefs.items), np.nan)
+        learned[used] = self.member_returns([prefs.items[k] for k in used]).mean(0)
+        true[used] = [prefs.items[k].true_return for k in used]
+        accuracy = true_order_accuracy(held_out, learned, true)
+        if math.isfinite(accuracy):
+            run.log({"reward/val_true_pair_accuracy": accuracy}, self.steps)
 
     def split(self, pairs: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """Hold out about `val_fraction` of the preference pairs (at least one, when there are two

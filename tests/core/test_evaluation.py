@@ -43,3 +43,17 @@ def test_max_steps_ends_an_atari_game_that_waits_for_the_player() -> None:
     trajs = rollout(Noop(), env, 3, seed=0, max_envs=1, max_steps=300)
     assert [len(t) for t in trajs] == [300] * 3 and not any(t.info["terminated"] for t in trajs)
     assert all(t.obs.dtype == np.uint8 for t in trajs)
+
+
+def test_true_order_accuracy_counts_pairs_of_different_truth_whatever_their_label() -> None:
+    from core.evaluation import true_order_accuracy
+
+    true = np.array([3.0, 1.0, 2.0, 2.0])
+    learned = np.array([0.9, 0.1, 0.5, 0.5])
+    # (0, 1) agrees; (1, 2) is labeled against the truth, learned agrees with the truth; (2, 3) ties in truth: left
+    # out; (2, 0): learned 0.5 < 0.9 and true 2 < 3: agrees
+    assert true_order_accuracy(np.array([[0, 1], [1, 2], [2, 3], [2, 0]]), learned, true) == 1.0
+    assert true_order_accuracy(np.array([[0, 2]]), np.array([0.1, 0, 0.5, 0]), true) == 0.0
+    assert true_order_accuracy(np.array([[2, 3]]), learned, true) != true_order_accuracy(np.array([[2, 3]]), learned,
+                                                                                           true)  # nan: no truth
+    assert true_order_accuracy(np.array([[0, 1]]), np.array([1.0, 1.0, 0, 0]), true) == 0.5  # a learned tie

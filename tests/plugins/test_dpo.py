@@ -35,10 +35,12 @@ def test_dpo_is_minus_log_sigmoid_of_beta_times_the_log_ratio_gap_and_ipo_its_sq
 
 
 def review_preferences(n: int) -> Preferences:
-    """Pairs of short reviews to 4 prompts, the one with positive words preferred (tests/plugins/text_data.py)."""
+    """Pairs of short reviews to 4 prompts, the one with positive words preferred (tests/plugins/text_data.py) and
+    given gold 1 (the other 0)."""
     items, pairs = [], []
     for record in sentiment_records(n, seed=0, ranking_every=0):
-        items += [Response(record["prompt"], record["chosen"]), Response(record["prompt"], record["rejected"])]
+        items += [Response(record["prompt"], record["chosen"], gold=1.0),
+                  Response(record["prompt"], record["rejected"], gold=0.0)]
         pairs.append((len(items) - 2, len(items) - 1))
     return Preferences(items, np.array(pairs))
 
@@ -57,6 +59,8 @@ def test_dpo_learns_the_preference_its_held_out_accuracy_rises_and_the_weights_c
     assert history["dpo/accuracy"][0] < 0.6 and history["dpo/accuracy"][-1] >= 0.8, history["dpo/accuracy"]
     assert history["dpo/margin"][-1] > 0
     assert {"dpo/chosen_reward", "dpo/rejected_reward", "dpo/val_loss"} <= set(tracker.history)
+    assert tracker.history["dpo/val_true_accuracy"][-1][1] >= 0.8  # against the gold order: the labels are it here
+
     untouched, _ = load_causal_lm(char_lm_dir)
     changed = [not torch.equal(p, q) for p, q in zip(policy.lm.parameters(), untouched.parameters(), strict=True)]
     assert all(changed)

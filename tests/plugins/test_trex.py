@@ -63,6 +63,7 @@ def test_trex_learns_to_rank_held_out_pairs_and_correlates_with_true_returns(tmp
     accuracy = tracker.history["reward/val_pair_accuracy"]
     assert accuracy[-1][1] > 0.9, accuracy
     assert tracker.history["reward/return_correlation"][-1][1] > 0.5
+    assert tracker.history["reward/val_true_pair_accuracy"][-1][1] > 0.9  # (the labels are the true order here)
     losses = [v for _, v in tracker.history["reward/train_loss"]]
     assert np.mean(losses[-5:]) < np.mean(losses[:5])
     assert len(before) == len(list(model.net.parameters()))
