@@ -113,8 +113,13 @@ class SweepCallback(Callback):
         print("\n" + table, flush=True)
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         (self.sweep_dir / "jobs.md").write_text(table, encoding="utf-8")
-        failed = "0 failed" not in table.splitlines()[0]
-        plots = sweep_plots(self.sweep_dir)
+        failed = any(job["status"] != "FINISHED" for job in sweep_jobs(self.sweep_dir))
+        try:
+            plots = sweep_plots(self.sweep_dir)
+        except Exception as err:  # (a job's unreadable results, a plotting error: the parent is closed all the same)
+            print(f"could not draw the sweep's plots: {type(err).__name__}: {str(err).strip()[:300]}", file=sys.stderr,
+                  flush=True)
+            plots = ()
         if self.parent_run_id:
             try:
                 self.tracker.end_sweep(self.parent_run_id, "FAILED" if failed else "FINISHED",

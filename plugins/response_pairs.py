@@ -11,7 +11,6 @@ import logging
 from collections.abc import Sequence
 
 import numpy as np
-from torch.utils.data import Dataset
 
 from core.types import Preferences, Response
 
@@ -20,19 +19,6 @@ log = logging.getLogger(__name__)
 Group = tuple[np.ndarray, np.ndarray]
 """One connected group of preference pairs: its item indices (K,) and its pairs (P_g, 2) as positions
 in those items."""
-
-
-class Groups(Dataset):
-    """Groups of preference pairs as a dataset (item k: group k)."""
-
-    def __init__(self, groups: list[Group]) -> None:
-        self.groups = groups
-
-    def __len__(self) -> int:
-        return len(self.groups)
-
-    def __getitem__(self, k: int) -> Group:
-        return self.groups[k]
 
 
 def preference_groups(prefs: Preferences) -> list[Group]:
@@ -62,11 +48,11 @@ def preference_groups(prefs: Preferences) -> list[Group]:
     return groups
 
 
-def tidy(prefs: Preferences) -> Preferences:
+def tidy(prefs: Preferences, who: str) -> Preferences:
     """The preferences without exact repeats of a pair (same prompt, chosen and rejected text, and annotator where
     the items name one: the first is kept) and without pairs of a text with itself, each dropped count said in a
     warning, as is the count of pairs whose reverse is there too (kept: ties, or labelers who disagree, pull the
-    two scores together)."""
+    two scores together). who: the learner, for the warnings (e.g. "reward=bradley_terry")."""
     seen: set[tuple[str, str, str, str]] = set()
     keep, repeats, same = [], 0, 0
     for k, (i, j) in enumerate(prefs.pairs):
@@ -79,16 +65,16 @@ def tidy(prefs: Preferences) -> Preferences:
         else:
             seen.add(key)
             keep.append(k)
-    both_ways = sum((prompt, b, a, who) in seen for prompt, a, b, who in seen)
+    both_ways = sum((prompt, b, a, annotator) in seen for prompt, a, b, annotator in seen)
     if repeats:
-        log.warning("%d of %d preference pairs repeat an earlier pair exactly (same prompt, chosen, rejected "
-                    "and annotator); each is used once", repeats, len(prefs.pairs))
+        log.warning("%s: %d of %d preference pairs repeat an earlier pair exactly (same prompt, chosen, rejected "
+                    "and annotator); each is used once", who, repeats, len(prefs.pairs))
     if same:
-        log.warning("%d preference pair(s) compare a response with itself (chosen == rejected); dropped",
-                    same)
+        log.warning("%s: %d preference pair(s) compare a response with itself (chosen == rejected); dropped",
+                    who, same)
     if both_ways:
-        log.warning("%d preference pairs also appear the other way round (ties, or labelers who "
-                    "disagree); both are kept", both_ways)
+        log.warning("%s: %d preference pairs also appear the other way round (ties, or labelers who "
+                    "disagree); both are kept", who, both_ways)
     if len(keep) == len(prefs.pairs):
         return prefs
     return Preferences(items=prefs.items, pairs=prefs.pairs[keep], scores=prefs.scores,

@@ -162,3 +162,24 @@ def test_a_sweep_job_resumes_by_hand_into_its_run_under_its_parent(in_tmp: Path)
     assert again.returncode == 0, again.stderr[-3000:]
     assert [r.info.run_id for r in runs(in_tmp) if "mlflow.parentRunId" in r.data.tags] == [child.info.run_id]
     assert len(runs(in_tmp)) == 2
+
+
+def test_dpo_killed_mid_stage_resumes_to_the_same_evaluation(in_tmp: Path, char_lm_dir: str) -> None:
+    """DPO's checkpoint holds the LoRA adapters, AdamW and its schedule, and the position in the shuffled batches
+    (the reference's log-probabilities are computed again, the same): the resumed run ends where an uninterrupted
+    one does."""
+    from tests.plugins.text_data import sentiment_records, write_jsonl
+
+    path = write_jsonl(in_tmp / "prefs.jsonl", sentiment_records(120, seed=2, ranking_every=0))
+    args = ["experiment=debug", "env=text", f"env.model={char_lm_dir}", "policy=dpo", "preference=file",
+            f"preference.path={path}", "checkpoint.every=2", "tracking=none"]
+    reference = run_main([*args, "hydra.run.dir=ref"], in_tmp)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    proc = start([*args, "hydra.run.dir=run"], in_tmp)
+    wait_for(in_tmp / "run" / "checkpoints" / "resume" / "policy.ckpt", proc)
+    proc.kill()
+    proc.wait()
+    result = run_main([*args, "resume=run"], in_tmp)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resumed from" in result.stdout + result.stderr
+    assert evaluation(in_tmp / "run") == evaluation(in_tmp / "ref")

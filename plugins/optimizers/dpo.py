@@ -22,9 +22,12 @@ about 16 preferences (the paper: 64) and 3 passes over them (the paper trains un
 rising). A batch is whole groups (the pairs among one prompt's responses, or a ranking), each response scored once
 however many preferences it is in: preference=synthetic pairs each of a prompt's responses with all the others, so
 this reads each response once a pass instead of once per pair (as Ouyang et al. 2022 batch a ranking's pairs).
-The responses are scored as the sampler wrote them (their tokens, no end-of-sequence token appended:
-env=text's samples are mostly cut at max_new_tokens, and an EOS the sampler never wrote would be trained as if it
-had; `eos=true` appends one, for files of finished responses).
+The responses are scored as text, tokenized again from what the preferences hold (a sampler's tokens may not come
+back exactly), with no end-of-sequence token appended: env=text's samples are mostly cut at max_new_tokens, and an
+EOS the sampler never wrote would be trained as if it had; `eos=true` appends one, for files of finished responses.
+A prompt and response longer than `max_length` keep the prompt's last max_length // 2 tokens and the response's
+first. The reference's log-probabilities are computed before training in 32-bit; with trainer.precision=bf16-mixed
+the policy's differ from them by rounding at the start.
 Ties (a preference in both orders) pull h towards 0 under either loss; soft labels (a file's `probability`) are
 read as the preference they favour.
 """
@@ -139,6 +142,11 @@ def pack(groups: list[tuple[np.ndarray, np.ndarray]], size: int, rng: np.random.
     return batches
 
 
+def as_is(batch: Batch) -> Batch:
+    """A batch as it is: NumPy indices, which stay on the CPU wherever the model is (not tensors for the device)."""
+    return batch
+
+
 class DPOModule(L.LightningModule):
     """One training step: a batch of preferences (its responses scored once each); validation: the held-out
     preferences' loss, implicit rewards and accuracy."""
@@ -155,10 +163,10 @@ class DPOModule(L.LightningModule):
         self.strict_loading = False  # checkpoints hold the trained weights only (prune_checkpoint)
 
     def train_dataloader(self) -> DataLoader:
-        return ResumableLoader(self.train_batches, batch_size=None)  # type: ignore[arg-type]
+        return ResumableLoader(self.train_batches, batch_size=None, collate_fn=as_is)  # type: ignore[arg-type]
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_batches, batch_size=None)  # type: ignore[arg-type]
+        return DataLoader(self.val_batches, batch_size=None, collate_fn=as_is)  # type: ignore[arg-type]
 
     def configure_optimizers(self) -> Any:
         optimizer = torch.optim.AdamW([p for p in self.policy.parameters() if p.requires_grad], lr=self.lr)
@@ -229,7 +237,7 @@ class DPO(Optimizer):
         if preferences is None or not preferences.items or not isinstance(preferences.items[0], Response):
             raise TypeError("policy=dpo learns from preferences over text responses (preference=synthetic, file, "
                             "human, ...); it was given none")
-        prefs = merge_identical(tidy(preferences))  # (tidy first: it tells annotators' copies apart)
+        prefs = merge_identical(tidy(preferences, "policy=dpo"))  # (tidy first: it tells annotators' copies apart)
         if len(prefs.pairs) == 0:
             raise ValueError("policy=dpo needs at least one preference pair; the preference source gave none")
         with torch.random.fork_rng():
@@ -244,13 +252,14 @@ class DPO(Optimizer):
         data = Tokenized(policy, prefs.items, self.max_length, self.eos)
         used = np.unique(np.concatenate([items for items, _ in train + val]))
         ref_logp = self.reference_logprobs(policy, data, used, len(prefs.items))
-        total = len(train) * self.epochs
+        steps_per_epoch = max(1, len(train) // run.processes)  # (a data-parallel fit: each process every world-th)
+        total = steps_per_epoch * self.epochs
         log.info("DPO on %d preferences over %d responses (%d preferences held out, by prompt): %d steps of about %d "
                  "preferences, beta %g, loss %s", sum(len(p) for _, p in train), sum(len(i) for i, _ in train),
                  sum(len(p) for _, p in val), total, self.batch_size, self.beta, self.loss)
         module = DPOModule(policy, data, train, val, ref_logp, self.beta, self.loss, self.lr, total, self.warmup)
         trainer = run.trainer(max_steps=total, max_epochs=self.epochs, limit_val_batches=1.0 if val else 0,
-                              val_check_interval=max(1, len(train) // self.val_checks), log_every_n_steps=1,
+                              val_check_interval=max(1, steps_per_epoch // self.val_checks), log_every_n_steps=1,
                               num_sanity_val_steps=0, unit=f"DPO batches of about {self.batch_size} preferences")
         if val:
             trainer.validate(module, verbose=False)  # the starting model's: accuracy about 0.5, the curve's start
@@ -263,7 +272,7 @@ class DPO(Optimizer):
     @torch.no_grad()
     def log_true_accuracy(self, module: DPOModule, val: list[Batch], items: Sequence[Response], run: RunContext,
                           step: int) -> None:
-        """dpo/val_true_accuracy: how often the final implicit reward orders the held-out pairs' responses as their
+        """dpo/val_true_pair_accuracy: how often the final implicit reward orders the held-out pairs' responses as their
         gold rewards do (pairs of equal gold left out), whatever their (perhaps noisy) labels say; where the
         responses have a gold reward (simulated labels)."""
         used = np.unique(np.concatenate([members for members, _ in val]))
@@ -277,7 +286,7 @@ class DPO(Optimizer):
         gold[used] = [items[int(k)].gold for k in used]
         accuracy = true_order_accuracy(np.concatenate([members[local] for members, local in val]), learned, gold)
         if math.isfinite(accuracy):
-            run.log({"dpo/val_true_accuracy": accuracy}, step)
+            run.log({"dpo/val_true_pair_accuracy": accuracy}, step)
 
     @torch.no_grad()
     def reference_logprobs(self, policy: TextPolicy, data: Tokenized, used: np.ndarray, n: int) -> torch.Tensor:

@@ -46,7 +46,7 @@ import lightning as L
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from core.evaluation import true_order_accuracy
 from core.interfaces import Capabilities, Environment, RewardModel
@@ -54,7 +54,7 @@ from core.run import ResumableLoader, RunContext
 from core.schema import LearningRate, NonNegative, PositiveInt, UnitOpen
 from core.types import Preferences, Response
 from plugins.lm import MINILM, load_encoder
-from plugins.response_pairs import Group, Groups, preference_groups, split_by_prompt, tidy
+from plugins.response_pairs import Group, preference_groups, split_by_prompt, tidy
 from plugins.rewards.ranking_losses import bradley_terry_loss, margin_loss, plackett_luce_loss, total_order
 
 if TYPE_CHECKING:
@@ -97,6 +97,19 @@ class RewardNet(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         return self.head(self.pool(hidden, attention_mask)).squeeze(-1)
+
+
+class Groups(Dataset):
+    """Groups of preference pairs as a dataset (item k: group k)."""
+
+    def __init__(self, groups: list[Group]) -> None:
+        self.groups = groups
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def __getitem__(self, k: int) -> Group:
+        return self.groups[k]
 
 
 def encode_pairs(tokenizer: Any, prompts: Sequence[str], responses: Sequence[str], max_length: int) -> list[list[int]]:
@@ -239,7 +252,7 @@ class BradleyTerry(RewardModel):
             torch.manual_seed(run.seed)
             self.net = RewardNet(backbone, self.pooling)
         encodings = self.encode([r.prompt for r in prefs.items], [r.text for r in prefs.items])
-        prefs = tidy(prefs)
+        prefs = tidy(prefs, "reward=bradley_terry")
         train, val = self.split(preference_groups(prefs), prefs.items, np.random.default_rng(run.seed))
         steps_per_epoch = math.ceil(len(train) / self.batch_size)
         total = steps_per_epoch * self.epochs

@@ -292,13 +292,15 @@ class TREX(RewardModel):
                                           self.offset_l2)
             by_length = np.mean(lengths[prefs.pairs[:, 0]] > lengths[prefs.pairs[:, 1]]) if len(prefs.pairs) else 0.0
             run.log({"reward/step_offset": self.offset, "reward/length_pair_accuracy": float(by_length)}, 0)
-        self.log_true_accuracy(prefs, val_pairs, run)
+        if len(prefs.pairs) >= 2:  # (else the one pair is trained on and "held out" both)
+            self.log_true_accuracy(prefs, val_pairs, run, trainer.global_step)
         self.fits += 1
 
-    def log_true_accuracy(self, prefs: Preferences, held_out: np.ndarray, run: RunContext) -> None:
+    def log_true_accuracy(self, prefs: Preferences, held_out: np.ndarray, run: RunContext, step: int) -> None:
         """reward/val_true_pair_accuracy: how often the learned return (as optimisers get it) orders the held-out
         preference pairs' items as their true returns do (pairs of equal true return left out), whatever their
-        (perhaps noisy) labels say."""
+        (perhaps noisy) labels say. Held out by pair: with rankings of whole trajectories the items of held-out pairs
+        are in training pairs too; fragments drawn per pair (preference=synthetic) are not."""
         used = np.unique(held_out)
         if len(used) == 0:
             return
@@ -307,7 +309,7 @@ class TREX(RewardModel):
         true[used] = [prefs.items[k].true_return for k in used]
         accuracy = true_order_accuracy(held_out, learned, true)
         if math.isfinite(accuracy):
-            run.log({"reward/val_true_pair_accuracy": accuracy}, self.steps)
+            run.log({"reward/val_true_pair_accuracy": accuracy}, step)
 
     def split(self, pairs: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """Hold out about `val_fraction` of the preference pairs (at least one, when there are two

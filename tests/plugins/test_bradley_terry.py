@@ -121,7 +121,7 @@ def test_held_out_pairs_share_no_prompt_or_response_with_training(caplog: pytest
     items += [Response("prompt 0", "response 0"), Response("prompt 0", "response 0")]
     pairs += [pairs[0], pairs[1], (len(items) - 2, len(items) - 1), tuple(reversed(pairs[2]))]
     with caplog.at_level("WARNING"):
-        prefs = tidy(Preferences(items, np.array(pairs)))
+        prefs = tidy(Preferences(items, np.array(pairs)), "reward=bradley_terry")
     assert len(prefs.pairs) == 30 * 6 + 1  # the two repeats and the self-pair dropped, the reversed pair kept
     assert "2 of 184 preference pairs repeat" in caplog.text and "1 preference pair(s) compare a response with itself" \
         in caplog.text and "2 preference pairs also appear the other way round" in caplog.text
@@ -143,5 +143,5 @@ def test_repeats_of_one_annotator_are_used_once_and_agreeing_annotators_both_cou
         return [Response("p", "good", info=dict(info)), Response("p", "bad", info=dict(info))]
 
     items = pair("ada") + pair("bob") + pair("ada") + pair(None) + pair(None)
-    prefs = tidy(Preferences(items, np.array([[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]])))
+    prefs = tidy(Preferences(items, np.array([[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]])), "reward=bradley_terry")
     np.testing.assert_array_equal(prefs.pairs, [[0, 1], [2, 3], [6, 7]])

@@ -59,7 +59,7 @@ def test_dpo_learns_the_preference_its_held_out_accuracy_rises_and_the_weights_c
     assert history["dpo/accuracy"][0] < 0.6 and history["dpo/accuracy"][-1] >= 0.8, history["dpo/accuracy"]
     assert history["dpo/margin"][-1] > 0
     assert {"dpo/chosen_reward", "dpo/rejected_reward", "dpo/val_loss"} <= set(tracker.history)
-    assert tracker.history["dpo/val_true_accuracy"][-1][1] >= 0.8  # against the gold order: the labels are it here
+    assert tracker.history["dpo/val_true_pair_accuracy"][-1][1] >= 0.8  # against the gold order: the labels are it here
 
     untouched, _ = load_causal_lm(char_lm_dir)
     changed = [not torch.equal(p, q) for p, q in zip(policy.lm.parameters(), untouched.parameters(), strict=True)]
