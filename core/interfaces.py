@@ -339,6 +339,33 @@ class PreferenceSource(ABC):
         return None
 
 
+@dataclass
+class Judgements:
+    """A judge's verdicts on N comparisons of two responses to a prompt.
+
+    probability: (N,) P(the first response is the better), the soft label (both orders asked and averaged where
+        the judge is a language model, which cancels its preference for a slot).
+    first_slot: (N,) the judge's mean probability of the first-listed option whatever the content (0.5: no position
+        bias; NaN where the judge has no slots), for preference/position_bias.
+    rationales: the reasoning generated before each verdict (chain of thought), None where none was.
+    """
+
+    probability: np.ndarray
+    first_slot: np.ndarray
+    rationales: list[str | None]
+
+
+class Judge(ABC):
+    """Compares two responses to a prompt under a question (a constitution principle's comparison question):
+    AI feedback's labeler (Bai et al. 2022). Local language-model judges score the option tokens of a
+    multiple-choice prompt, both orders asked."""
+
+    @abstractmethod
+    def judge(self, prompts: Sequence[str], first: Sequence[str], second: Sequence[str],
+              questions: Sequence[str]) -> Judgements:
+        """prompts, first, second, questions (N,) -> the judgements of the N comparisons."""
+
+
 class Optimizer(ABC):
     """Improves a Policy against a reward or directly from preferences: PPO, GRPO, DPO, behavioral cloning, ..."""
 
