@@ -5,7 +5,8 @@ One JSON object a line (the formats of DESIGN.md); blank lines are skipped:
 - pair:       {"prompt": str, "chosen": str, "rejected": str}, optional "annotator" (str or int),
               "margin" (number, how much better; kept in the items' info, used by reward.loss=margin) and
               "probability" (P(chosen is better), in [0, 1]: read as the side it favours, and 0.5, a tie,
-              as the pair both ways, until soft labels reach the reward models' losses).
+              as the pair both ways; with reward.soft_labels=true the reward model trains to the probability,
+              kept in each response's info as P(it is the better) for the pair that names it chosen).
 - ranking:    {"prompt": str, "responses": [str, ...], "ranking": [best index, ..., worst index]},
               optional "annotator"; "ranking" must be a permutation of the response indices, and a
               ranking of K responses gives its K choose 2 pairs.
@@ -144,6 +145,7 @@ def parse_record(record: Any, line: int) -> tuple[list[Response], list[tuple[int
         if isinstance(p, bool) or not isinstance(p, int | float) or not 0 <= p <= 1:
             raise RecordError("probability", f"must be a number in [0, 1] (P(chosen is better)), got "
                                              f"{json.dumps(p)[:40]}")
+        responses[0].info["probability"], responses[1].info["probability"] = float(p), 1.0 - float(p)  # (as chosen)
         return responses, [(0, 1), (1, 0)] if p == 0.5 else [(0, 1)] if p > 0.5 else [(1, 0)]
 
     prompt = text_field(record, "prompt", allow_empty=True)

@@ -51,11 +51,17 @@ from torch.utils.data import DataLoader, Dataset
 from core.evaluation import true_order_accuracy
 from core.interfaces import Capabilities, Environment, RewardModel
 from core.run import ResumableLoader, RunContext
-from core.schema import LearningRate, NonNegative, PositiveInt, UnitOpen
+from core.schema import ConfigError, LearningRate, NonNegative, PositiveInt, UnitOpen
 from core.types import Preferences, Response
 from plugins.lm import MINILM, load_encoder
 from plugins.response_pairs import Group, preference_groups, split_by_prompt, tidy
-from plugins.rewards.ranking_losses import bradley_terry_loss, margin_loss, plackett_luce_loss, total_order
+from plugins.rewards.ranking_losses import (
+    bradley_terry_loss,
+    margin_loss,
+    plackett_luce_loss,
+    soft_bradley_terry_loss,
+    total_order,
+)
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -119,7 +125,7 @@ def encode_pairs(tokenizer: Any, prompts: Sequence[str], responses: Sequence[str
 
 
 def collate(batch: list[Group], encodings: list[list[int]], pad_id: int, margin_of: np.ndarray | None = None,
-            listwise: bool = False) -> dict:
+            listwise: bool = False, probability_of: np.ndarray | None = None) -> dict:
     """Groups -> input_ids, attention_mask (B, L) of their responses (right-padded), pairs (P, 2) as
     rows of those, weights (P,) = 1 / (pairs in the pair's group), margins (P,) (the chosen item's
     `margin_of`, 0 without), and with `listwise` (the Plackett-Luce loss) `lists` (rows best first: a group that
@@ -139,10 +145,13 @@ def collate(batch: list[Group], encodings: list[list[int]], pad_id: int, margin_
         weights.append(torch.full((len(local),), 1.0 / len(local)))
         rows.extend(int(i) for i in items)
     all_pairs = torch.cat(pairs)
+    chosen = np.asarray(rows)[all_pairs[:, 0].numpy()]
     margins = (torch.zeros(len(all_pairs)) if margin_of is None
-               else torch.as_tensor(margin_of[np.asarray(rows)[all_pairs[:, 0].numpy()]], dtype=torch.float32))
+               else torch.as_tensor(margin_of[chosen], dtype=torch.float32))
+    probability = (torch.ones(len(all_pairs)) if probability_of is None
+                   else torch.as_tensor(probability_of[chosen], dtype=torch.float32))
     return {**pad([encodings[i] for i in rows], pad_id), "pairs": all_pairs, "weights": torch.cat(weights),
-            "margins": margins, "lists": lists, "list_weights": torch.tensor(list_weights)}
+            "margins": margins, "probability": probability, "lists": lists, "list_weights": torch.tensor(list_weights)}
 
 
 def pad(sequences: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
@@ -160,9 +169,10 @@ class BradleyTerryModule(L.LightningModule):
     """Trains a RewardNet on groups of preference pairs; validates on held-out groups."""
 
     def __init__(self, net: RewardNet, train: list[Group], val: list[Group], collate_fn: Callable, lr: float,
-                 weight_decay: float, batch_size: int, total_steps: int, loss: str = "pairwise") -> None:
+                 weight_decay: float, batch_size: int, total_steps: int, loss: str = "pairwise",
+                 soft_labels: bool = False) -> None:
         super().__init__()
-        self.loss = loss
+        self.loss, self.soft_labels = loss, soft_labels
         self.net, self.train_groups, self.val_groups, self.collate_fn = net, train, val, collate_fn
         self.lr, self.weight_decay, self.batch_size, self.total_steps = lr, weight_decay, batch_size, total_steps
         self.val_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -186,6 +196,9 @@ class BradleyTerryModule(L.LightningModule):
             loss = plackett_luce_loss(scores, batch["lists"], batch["list_weights"])
         elif self.loss == "margin":
             loss = margin_loss(scores[pairs[:, 0]], scores[pairs[:, 1]], batch["margins"], batch["weights"])
+        elif self.soft_labels:
+            loss = soft_bradley_terry_loss(scores[pairs[:, 0]], scores[pairs[:, 1]], batch["probability"],
+                                           batch["weights"])
         else:
             loss = bradley_terry_loss(scores[pairs[:, 0]], scores[pairs[:, 1]], batch["weights"])
         self.log("reward/train_loss", loss, prog_bar=True, batch_size=len(pairs), sync_dist=True)
@@ -223,13 +236,16 @@ class BradleyTerry(RewardModel):
                  lr: LearningRate = 1e-4, weight_decay: NonNegative = 0.0, batch_size: PositiveInt = 16,
                  epochs: PositiveInt = 1, val_fraction: UnitOpen = 0.1, val_checks_per_epoch: PositiveInt = 4,
                  score_batch_size: PositiveInt = 64,
-                 loss: Literal["pairwise", "plackett_luce", "margin"] = "pairwise") -> None:
+                 loss: Literal["pairwise", "plackett_luce", "margin"] = "pairwise", soft_labels: bool = False) -> None:
         if pooling not in POOLINGS:
             raise ValueError(f"reward.pooling={pooling!r}: choose one of {sorted(POOLINGS)}")
+        if soft_labels and loss != "pairwise":
+            raise ConfigError(f"reward.soft_labels=true is the pairwise loss to a probability; reward.loss={loss} "
+                              f"takes hard labels (set reward.loss=pairwise, or reward.soft_labels=false)")
         self.model_name, self.pooling, self.max_length = model, pooling, max_length
         self.lr, self.weight_decay, self.batch_size, self.epochs = lr, weight_decay, batch_size, epochs
         self.val_fraction, self.val_checks, self.score_batch_size = val_fraction, val_checks_per_epoch, score_batch_size
-        self.loss = loss
+        self.loss, self.soft_labels = loss, soft_labels
         self.net: RewardNet | None = None
         self.tokenizer: PreTrainedTokenizerBase | None = None
         self.offset = 0.0
@@ -260,10 +276,15 @@ class BradleyTerry(RewardModel):
         if self.loss == "margin" and not margin_of.any():
             log.warning("reward.loss=margin: no preference has a margin (the preference file's \"margin\"), so it is "
                         "the pairwise loss")
+        probability_of = np.array([float(r.info.get("probability", 1.0)) for r in prefs.items])
+        if self.soft_labels and (probability_of == 1.0).all():
+            log.warning("reward.soft_labels=true: no preference has a probability below 1 (a file's \"probability\", "
+                        "AI feedback's verdicts), so the labels are hard")
         collate_fn = partial(collate, encodings=encodings, pad_id=int(self.tokenizer.pad_token_id),
-                             margin_of=margin_of, listwise=self.loss == "plackett_luce")
+                             margin_of=margin_of, listwise=self.loss == "plackett_luce",
+                             probability_of=probability_of if self.soft_labels else None)
         module = BradleyTerryModule(self.net, train, val, collate_fn, self.lr, self.weight_decay,
-                                    run.per_process(self.batch_size), total, self.loss)
+                                    run.per_process(self.batch_size), total, self.loss, self.soft_labels)
         trainer = run.trainer(
             max_steps=total, max_epochs=self.epochs, limit_val_batches=1.0 if val else 0,
             unit=f"reward model batches of {self.batch_size} rankings",

@@ -7,6 +7,9 @@
   the pairwise loss.
 - margin (Touvron et al. 2023, Llama 2): -log sigmoid(r_chosen - r_rejected - m), m the pair's margin (how much
   better, as its preference file says; 0 where it says nothing).
+- soft labels (reward.soft_labels; Bai et al. 2022's AI feedback, Christiano et al. 2017's uniform "equally good"):
+  the binary cross-entropy of sigmoid(r_chosen - r_rejected) to the label's probability p that the chosen is
+  better, -p log sigmoid(d) - (1 - p) log sigmoid(-d); p = 1 is the pairwise loss.
 """
 
 from __future__ import annotations
@@ -23,6 +26,15 @@ def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor,
     """chosen, rejected (P,): scores of the preferred and the other response of each pair; weights (P,)
     or None -> the weighted mean of -log sigmoid(chosen - rejected), a scalar."""
     losses = F.softplus(rejected - chosen)
+    return losses.mean() if weights is None else (losses * weights).sum() / weights.sum()
+
+
+def soft_bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor, probability: torch.Tensor,
+                            weights: torch.Tensor | None = None) -> torch.Tensor:
+    """As bradley_terry_loss, to soft labels: probability (P,) that each pair's chosen response is the better ->
+    the weighted mean of the binary cross-entropy -p log sigmoid(d) - (1 - p) log sigmoid(-d), d = chosen - rejected."""
+    d = chosen - rejected
+    losses = probability * F.softplus(-d) + (1.0 - probability) * F.softplus(d)
     return losses.mean() if weights is None else (losses * weights).sum() / weights.sum()
 
 

@@ -55,3 +55,18 @@ def test_the_files_margins_and_rankings_reach_the_batch(tmp_path: Path) -> None:
     assert sorted(batch["margins"].tolist()) == [0.0, 0.0, 0.0, 0.0, 2.5]
     lists = sorted(len(r) for r in batch["lists"])
     assert lists == [2, 2, 3] and batch["list_weights"].tolist() == [1.0, 1.0, 1.0]  # the ranking as one list
+
+
+def test_soft_labels_are_the_cross_entropy_to_the_probability_and_hard_labels_their_p_1_case() -> None:
+    from plugins.rewards.ranking_losses import soft_bradley_terry_loss
+
+    chosen, rejected = torch.tensor([2.0, 0.0, -1.0]), torch.tensor([0.0, 0.0, 1.0])
+    torch.testing.assert_close(soft_bradley_terry_loss(chosen, rejected, torch.ones(3)),
+                               bradley_terry_loss(chosen, rejected))
+    gap = torch.zeros(1, requires_grad=True)  # a tie's loss is flat where the two scores agree
+    soft_bradley_terry_loss(gap, torch.zeros(1), torch.tensor([0.5])).backward()
+    assert gap.grad is not None and gap.grad.abs().item() < 1e-7
+    p = torch.tensor([0.7])
+    d = torch.linspace(-3, 3, 601)
+    losses = torch.stack([soft_bradley_terry_loss(x[None], torch.zeros(1), p) for x in d])
+    assert abs(d[losses.argmin()].item() - math.log(0.7 / 0.3)) < 0.02  # minimised at the label's log-odds
