@@ -146,15 +146,22 @@ def load_reward(reward: RewardModel, folder: Path, env: Environment, target: str
 
 
 # ---------------------------------------------------------------- preferences and demonstrations
+LABEL_METADATA = ("annotator", "margin", "probability", "principle", "rationale")
+"""What a label says besides its pair, kept in its chosen response's info and written with it."""
+
+
 def save_preferences(prefs: Preferences, folder: Path, source_state: dict[str, Any]) -> None:
     """preferences.pkl (whole, with the source's state_dict) and the human-readable form: demos.npz for
-    trajectories, preferences.jsonl (one {"prompt", "chosen", "rejected"} line per pair) for responses."""
+    trajectories, preferences.jsonl for responses: one {"prompt", "chosen", "rejected"} line per pair in the
+    preference-file format, with the label's metadata the chosen response carries (annotator, margin, a soft label's
+    probability, AI feedback's principle and rationale), so preference=file reads it back."""
     write_atomic(folder / "preferences.pkl", pickle.dumps((prefs, source_state)))
     if prefs.demos and isinstance(prefs.demos[0], Trajectory):
         save_demos(folder / "demos.npz", prefs.demos, prefs.scores if prefs.demonstrations is None else None)
     elif prefs.items and isinstance(prefs.items[0], Response):
         items = prefs.items
-        lines = [json.dumps({"prompt": items[i].prompt, "chosen": items[i].text, "rejected": items[j].text})
+        lines = [json.dumps({"prompt": items[i].prompt, "chosen": items[i].text, "rejected": items[j].text}
+                            | {k: items[i].info[k] for k in LABEL_METADATA if items[i].info.get(k) is not None})
                  for i, j in prefs.pairs]
         write_atomic(folder / "preferences.jsonl", "".join(line + "\n" for line in lines).encode())
 

@@ -177,3 +177,31 @@ def test_a_sweep_over_text_methods_is_one_parent_with_their_gold_against_kl_on_o
     assert "plots/gold_vs_kl.png" in all_artifacts(client, parent.info.run_id)
     [sweep] = list((in_tmp / "multirun").glob("*/*"))
     assert (sweep / "plots" / "gold_vs_kl.png").stat().st_size > 10_000
+
+
+def test_ai_feedback_labels_pairs_under_principles_with_soft_labels_that_the_reward_model_takes(
+        in_tmp: Path, char_lm_dir: str, tiny_encoder_dir: str, tiny_lm_dir: str) -> None:
+    import json
+
+    from plugins.constitution import read_constitution
+    from plugins.preferences.file import read_preference_file
+
+    cfg, choices = compose_with_choices(*tiny(char_lm_dir, tiny_encoder_dir), "preference=ai_feedback",
+                                        f"preference.judge={tiny_lm_dir}", "reward.soft_labels=true", "tracking=none")
+    metrics = run_pipeline(cfg, choices, in_tmp / "out")
+    assert "eval/gold_reward_mean" in metrics and metrics["preference/pairs"] >= 24
+    written = in_tmp / "out" / "checkpoints" / "preferences.jsonl"
+    labels = [json.loads(line) for line in written.read_text().splitlines()]
+    principles = {p.name for p in read_constitution(None)}
+    assert all(label["principle"] in principles and 0.5 <= label["probability"] <= 1 for label in labels)
+    again = read_preference_file(written)  # the labels' artifact reads back as a preference file
+    assert len(again.pairs) == len(labels) and again.items[0].info["principle"] == labels[0]["principle"]
+
+
+def test_judge_agreement_counts_pairs_of_different_gold() -> None:
+    import numpy as np
+
+    from plugins.preferences.ai_feedback import judge_agreement
+
+    p = np.array([0.9, 0.2, 0.5, 0.7])
+    assert judge_agreement(p, np.array([1.0, 1.0, 1.0, 0.3]), np.array([0.0, 0.0, 0.0, 0.3])) == (1 + 0 + 0.5) / 3

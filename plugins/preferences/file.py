@@ -39,7 +39,8 @@ from core.jsonl import RecordError, check_text, read_jsonl, text_field
 from core.run import RunContext
 from core.types import Preferences, Response
 
-LABEL_FIELDS = {"annotator", "query", "time", "ids"}  # what the labeling page adds (plugins/labeling/store.py)
+LABEL_FIELDS = {"annotator", "query", "time", "ids",  # what the labeling page adds (plugins/labeling/store.py)
+                "principle", "rationale"}  # and AI feedback (plugins/preferences/ai_feedback.py)
 PAIR_FIELDS = {"prompt", "chosen", "rejected", "margin", "probability"} | LABEL_FIELDS
 RANKING_FIELDS = {"prompt", "responses", "ranking", "correction"} | LABEL_FIELDS
 SKIP_FIELDS = {"skipped", "prompt"} | LABEL_FIELDS
@@ -56,9 +57,12 @@ def _metadata(record: dict[str, Any]) -> dict[str, Any]:
         if isinstance(annotator, bool) or not isinstance(annotator, str | int):
             raise RecordError("annotator", f"must be a string or an integer, got {type(annotator).__name__}")
         info["annotator"] = annotator
-    for name in ("query", "time"):
+    for name in ("query", "time", "principle"):
         if name in record and not isinstance(record[name], str):
             raise RecordError(name, f"must be a string, got {type(record[name]).__name__}")
+    if record.get("rationale") is not None and not isinstance(record["rationale"], str):
+        raise RecordError("rationale", f"must be a string or null, got {type(record['rationale']).__name__}")
+    info.update({name: record[name] for name in ("principle", "rationale") if record.get(name) is not None})
     if "ids" in record and (not isinstance(record["ids"], list)
                             or any(i is not None and not isinstance(i, str) for i in record["ids"])):
         raise RecordError("ids", f"must be a list of item ids (strings or null), got {json.dumps(record['ids'])[:60]}")
