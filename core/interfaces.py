@@ -149,12 +149,15 @@ class PromptTask(Environment):
         the starting policy of text optimizers unless a recipe stage hands them another.
     train_prompts / eval_prompts: a fixed split; optimizers and samplers draw only training prompts,
         the final evaluation uses only held-out ones.
+    prompt_kinds: each prompt's kind where the prompt file names one (e.g. "red_team" or "helpful" for
+        Constitutional AI: which prompts are revised, which scored for harmlessness or for helpfulness).
     """
 
     model: str
     max_new_tokens: int
     train_prompts: list[str]
     eval_prompts: list[str]
+    prompt_kinds: dict[str, str]
 
     @abstractmethod
     def gold(self, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:

@@ -48,14 +48,15 @@ class PromptFileError(NamedError, ValueError):
     """A prompt file that cannot be read whole; the message names file, line and field."""
 
 
-def read_prompts(path: str | Path) -> list[str]:
-    """A JSONL file of {"prompt": str} lines (blank lines skipped) -> the prompts. Raises PromptFileError
-    listing every malformed line as FILE:LINE: field 'prompt': problem."""
+def read_prompts(path: str | Path) -> list[tuple[str, str | None]]:
+    """A JSONL file of {"prompt": str} lines, each with an optional "kind" (a string, e.g. "red_team"), blank lines
+    skipped -> (prompt, kind or None) in file order. Raises PromptFileError listing every malformed line as
+    FILE:LINE: field 'NAME': problem."""
 
-    def parse(value: Any, line: int) -> str:
-        record = json_object(value, '{"prompt": ...}')
-        exact_fields(record, ("prompt",))
-        return text_field(record, "prompt")
+    def parse(value: Any, line: int) -> tuple[str, str | None]:
+        record = json_object(value, '{"prompt": ..., "kind": ... (optional)}')
+        exact_fields({k: v for k, v in record.items() if k != "kind"}, ("prompt",))
+        return text_field(record, "prompt"), text_field(record, "kind") if "kind" in record else None
 
     return read_jsonl(path, "env.prompts", parse, PromptFileError, minimum=2,
                       needs="at least 2 prompts (training and held out)")
@@ -114,7 +115,9 @@ class TextEnv(PromptTask):
     def __init__(self, model: str = SMOLLM2, prompts: str | None = None, max_new_tokens: PositiveInt = 16,
                  held_out_fraction: OpenUnit = 0.25, eval_samples_per_prompt: PositiveInt = 2) -> None:
         self.model, self.max_new_tokens, self.eval_samples_per_prompt = model, max_new_tokens, eval_samples_per_prompt
-        all_prompts = read_prompts(prompts if prompts is not None else PROMPTS)
+        read = read_prompts(prompts if prompts is not None else PROMPTS)
+        all_prompts = [prompt for prompt, _ in read]
+        self.prompt_kinds = {prompt: kind for prompt, kind in read if kind is not None}
         order = np.random.default_rng(0).permutation(len(all_prompts))
         n_held = min(len(all_prompts) - 1, max(1, round(len(all_prompts) * held_out_fraction)))
         self.eval_prompts = [all_prompts[k] for k in sorted(order[:n_held])]
