@@ -87,7 +87,8 @@ class CritiqueRevision(Optimizer):
         rounds: list[dict[str, Any]] = []
         for r in range(self.revisions):
             principles: list[Principle] = draw(self.principles, len(prompts), rng)
-            asked = [conversation(tok, [p, a, q.critique]) for p, a, q in zip(prompts, answers, principles, strict=True)]
+            asked = [conversation(tok, [p, a, q.critique])
+                     for p, a, q in zip(prompts, answers, principles, strict=True)]
             critiques = self.generate(policy, asked, seed + 2 * r + 1)
             asked = [conversation(tok, [p, a, q.critique, c, q.revision])
                      for p, a, q, c in zip(prompts, answers, principles, critiques, strict=True)]
