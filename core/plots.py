@@ -80,11 +80,11 @@ def sweep_gold_vs_kl(path: Path, points: list[tuple[str, float, float, float]], 
     as a cross), the reference's gold (KL 0) as a dashed line."""
     fig, ax = plt.subplots(figsize=(7, 4.8))
     settings = list(dict.fromkeys(p[0] for p in points))
-    colors = plt.get_cmap("tab20")
+    colors = plt.get_cmap("tab10" if len(settings) <= 10 else "tab20")  # (tab20 pairs hues: only when needed)
     for k, setting in enumerate(settings):
         kl = np.array([p[1] for p in points if p[0] == setting])
         gold = np.array([p[2] for p in points if p[0] == setting])
-        color = colors(k % 20)
+        color = colors(k % colors.N)
         ax.scatter(kl, gold, color=color, alpha=0.6, s=25)
         ax.scatter([kl.mean()], [gold.mean()], color=color, marker="X", s=110, edgecolor="black", zorder=5,
                    label=f"{setting} ({len(kl)} run{'s' if len(kl) > 1 else ''})")
