@@ -87,7 +87,8 @@ def test_control_plugins_are_refused_for_text_with_the_options_that_work(char_lm
     with pytest.raises(IncompatibleError, match="reward=trex cannot work with env=text.*reward=bradley_terry"):
         check_compatible(env, choices, {g: plugin_class(cfg[g]) for g in ("reward", "preference", "policy")})
     cfg = compose_config("env=text", "reward=bradley_terry", "policy=bc")
-    with pytest.raises(IncompatibleError, match="policy=bc cannot work.*policy=critique_revision,dpo,grpo,ppo,pretrain,sft"):
+    with pytest.raises(IncompatibleError,
+                       match="policy=bc cannot work.*policy=critique_revision,dpo,grpo,ppo,pretrain,sft"):
         check_compatible(env, choices | {"reward": "bradley_terry", "policy": "bc"},
                          {g: plugin_class(cfg[g]) for g in ("reward", "preference", "policy")})
 
