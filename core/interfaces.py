@@ -140,6 +140,32 @@ TOKEN_PAD = -1
 """Padding of a PromptTask's observations (token ids are >= 0)."""
 
 
+class GoldScorer(ABC):
+    """A text task's true reward (its gold standard, which no learner, judge or reward model ever sees) and the
+    held-out measures it reports.
+
+    label: what the gold measures, for plot axes (e.g. "VADER compound").
+    default_prompts: the task's bundled prompt file (env.prompts=null takes it).
+    continuation: its prompts are text to continue (the review openings), put to a model as they are unless the
+        user asks for the chat template (env.chat_template=true); otherwise requests to an assistant, put through
+        the chat template unless env.chat_template=false.
+    """
+
+    label: str
+    default_prompts: Path
+    continuation: bool = False
+
+    @abstractmethod
+    def score(self, prompts: Sequence[str], responses: Sequence[str], kinds: Sequence[str | None]) -> np.ndarray:
+        """prompts, responses, each prompt's kind (None where the file names none) (N,) -> gold rewards (N,)."""
+
+    def metrics(self, prompts: Sequence[str], responses: Sequence[str], kinds: Sequence[str | None]
+                ) -> dict[str, float]:
+        """Held-out measures beyond the mean gold reward, named without the eval/ prefix (e.g. "harmlessness");
+        none by default."""
+        return {}
+
+
 class PromptTask(Environment):
     """Writing a response to a prompt as a token-level MDP (env=text): the state is the prompt and the
     tokens so far (observations: token ids right-padded with TOKEN_PAD), the action the next token of
@@ -162,6 +188,11 @@ class PromptTask(Environment):
     @abstractmethod
     def gold(self, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
         """The task's true reward of whole responses (N,), the gold standard no learner sees."""
+
+    @abstractmethod
+    def present(self, prompts: Sequence[str]) -> list[str]:
+        """The text a language model continues for each prompt (the task's template and chat format); every
+        sampler and optimizer encodes this, while data, reward models and judges keep the prompt itself."""
 
     @abstractmethod
     def evaluate_text(self, policy: LanguagePolicy, reward: RewardModel, run: RunContext, episodes: int,

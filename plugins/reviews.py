@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
+from core.interfaces import GoldScorer
+
 DATA = Path(__file__).resolve().parent / "data"
 PROMPTS = DATA / "review_prompts.jsonl"
 DEMONSTRATIONS = DATA / "review_demos.jsonl"
@@ -28,7 +30,7 @@ CORPUS = DATA / "review_corpus.txt"
 
 
 @cache
-def _analyzer() -> SentimentIntensityAnalyzer:
+def vader() -> SentimentIntensityAnalyzer:
     return SentimentIntensityAnalyzer()  # reads the lexicon file once
 
 
@@ -36,5 +38,16 @@ def gold_sentiment(texts: Sequence[str]) -> np.ndarray:
     """texts (N,) -> VADER compound scores (N,) float64 in [-1, 1]; > 0 positive, 0 neutral or empty."""
     if isinstance(texts, str):
         raise TypeError("gold_sentiment takes a sequence of texts, not one string")
-    analyzer = _analyzer()
+    analyzer = vader()
     return np.array([analyzer.polarity_scores(t)["compound"] for t in texts], dtype=np.float64).reshape(len(texts))
+
+
+class SentimentGold(GoldScorer):
+    """The review task's gold (env.gold's default): VADER compound sentiment of the response, whatever the prompt."""
+
+    label = "VADER compound"
+    default_prompts = PROMPTS
+    continuation = True  # review openings to continue (measured: the reference's gold is the same either way)
+
+    def score(self, prompts: Sequence[str], responses: Sequence[str], kinds: Sequence[str | None]) -> np.ndarray:
+        return gold_sentiment(responses)

@@ -34,12 +34,14 @@ from gymnasium.vector import AutoresetMode
 
 from core.errors import NamedError
 from core.evaluation import pearson
-from core.interfaces import TOKEN_PAD, LanguagePolicy, Policy, PromptTask, RewardModel
+from core.interfaces import TOKEN_PAD, GoldScorer, LanguagePolicy, Policy, PromptTask, RewardModel
 from core.jsonl import exact_fields, json_object, read_jsonl, text_field
 from core.run import RunContext
 from core.schema import OpenUnit, PositiveInt
+from plugins.envs.text_plots import AXES, gold_vs_kl, harmless_vs_helpful, stage_points
 from plugins.lm import SMOLLM2, load_tokenizer
-from plugins.reviews import PROMPTS, gold_sentiment
+from plugins.prompt_format import PromptFormat, Template
+from plugins.reviews import SentimentGold
 
 log = logging.getLogger(__name__)
 
@@ -113,9 +115,12 @@ class TextEnv(PromptTask):
     action_kind = "token"
 
     def __init__(self, model: str = SMOLLM2, prompts: str | None = None, max_new_tokens: PositiveInt = 16,
-                 held_out_fraction: OpenUnit = 0.25, eval_samples_per_prompt: PositiveInt = 2) -> None:
+                 held_out_fraction: OpenUnit = 0.25, eval_samples_per_prompt: PositiveInt = 2,
+                 gold: GoldScorer | None = None, template: Template = "plain", examples: str | None = None,
+                 chat_template: bool | None = None) -> None:
         self.model, self.max_new_tokens, self.eval_samples_per_prompt = model, max_new_tokens, eval_samples_per_prompt
-        read = read_prompts(prompts if prompts is not None else PROMPTS)
+        self.scorer = gold if gold is not None else SentimentGold()
+        read = read_prompts(prompts if prompts is not None else self.scorer.default_prompts)
         all_prompts = [prompt for prompt, _ in read]
         self.prompt_kinds = {prompt: kind for prompt, kind in read if kind is not None}
         order = np.random.default_rng(0).permutation(len(all_prompts))
@@ -123,14 +128,24 @@ class TextEnv(PromptTask):
         self.eval_prompts = [all_prompts[k] for k in sorted(order[:n_held])]
         self.train_prompts = [all_prompts[k] for k in sorted(order[n_held:])]
         self.tokenizer = load_tokenizer(model)
-        self.train_ids = self.tokenizer(self.train_prompts, add_special_tokens=False)["input_ids"]
+        if chat_template is None:  # the task's choice: continue text as it is, ask an assistant through its template
+            chat_template = not self.scorer.continuation
+        self.format = PromptFormat(self.tokenizer, template, examples, chat_template)
+        if chat_template and not self.format.uses_chat:
+            log.info("env.chat_template: %s has no chat template; prompts go to it as plain text", model)
+        self.train_ids = self.tokenizer(self.present(self.train_prompts), add_special_tokens=False)["input_ids"]
         probe = self._make()
         self._obs_space, self._act_space = probe.observation_space, probe.action_space
         self._reference_cache: dict[tuple[int, int], tuple[list[str], np.ndarray]] = {}
 
     def gold(self, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
-        """The task's true reward of whole responses (N,): VADER compound sentiment in [-1, 1]."""
-        return gold_sentiment(responses)
+        """The task's true reward of whole responses (N,): env.gold's score (by default VADER compound sentiment in
+        [-1, 1]), each prompt with its kind."""
+        return self.scorer.score(prompts, responses, [self.prompt_kinds.get(p) for p in prompts])
+
+    def present(self, prompts: Sequence[str]) -> list[str]:
+        """What the model continues: each prompt under env.template, through the chat template (env.chat_template)."""
+        return self.format(prompts)
 
     def _make(self) -> TokenMDP:
         return TokenMDP(self.train_prompts, [list(x) for x in self.train_ids], self.tokenizer,
@@ -166,8 +181,33 @@ class TextEnv(PromptTask):
             raise TypeError(f"env=text evaluates language-model policies, got {type(policy).__name__}")
         metrics = self.evaluate_text(policy, reward, run, episodes, seed, "final")
         gold_vs_kl(run.output_dir / "plots" / "gold_vs_kl.png", run.tracker.history, metrics,
-                   run.name or run.output_dir.name)
+                   run.name or run.output_dir.name, self.scorer.label)
+        if {k.removeprefix("eval/") for k in metrics} >= AXES:  # a task with a harmlessness and a helpfulness axis
+            metrics |= self.evaluate_base(self.evaluation_prompts(episodes), seed)
+            path = run.output_dir / "plots" / "harmless_vs_helpful.png"
+            harmless_vs_helpful(path, stage_points(metrics), run.name or run.output_dir.name)
+            run.tracker.log_artifact(path, "plots")
         run.tracker.set_tag("video", "skipped: env=text renders no video (its samples are samples/final.jsonl)")
+        return metrics
+
+    def axes(self, prompts: Sequence[str], responses: Sequence[str], prefix: str) -> dict[str, float]:
+        """The gold scorer's held-out measures (e.g. harmlessness, helpfulness), as eval/<prefix><name>."""
+        found = self.scorer.metrics(prompts, responses, [self.prompt_kinds.get(p) for p in prompts])
+        return {f"eval/{prefix}{name}": value for name, value in found.items()}
+
+    @torch.no_grad()
+    def evaluate_base(self, prompts: list[str], seed: int) -> dict[str, float]:
+        """The task's own model (env.model), untrained, asked plainly and with the few-shot template: the prompting
+        baselines of the harmlessness-helpfulness picture (eval/base_*, eval/few_shot_*)."""
+        from plugins.policies.text import build_text_policy  # (a plugin module the final evaluation alone needs)
+
+        with torch.random.fork_rng():
+            base = build_text_policy(self.model, self.max_new_tokens, reference=False).eval()
+        metrics: dict[str, float] = {}
+        for prefix, template in (("base_", "plain"), ("few_shot_", "few_shot")):
+            present = PromptFormat(self.tokenizer, template, self.format.examples_path, self.format.chat)
+            _, texts = base.sample(present(prompts), seed)
+            metrics |= self.axes(prompts, texts, prefix)
         return metrics
 
     @torch.no_grad()
@@ -180,10 +220,10 @@ class TextEnv(PromptTask):
         of prompts where the policy's response has the higher gold reward, ties half), and the
         learned reward where there is one. Writes samples/<tag>.jsonl."""
         prompts = self.evaluation_prompts(episodes)
-        rollout, texts = policy.sample(prompts, seed)
+        rollout, texts = policy.sample(self.present(prompts), seed)
         key = (seed, len(prompts))
         if key not in self._reference_cache:  # the reference does not change: sample it once
-            _, ref_texts = policy.sample(prompts, seed, reference=True)
+            _, ref_texts = policy.sample(self.present(prompts), seed, reference=True)
             self._reference_cache[key] = (ref_texts, self.gold(prompts, ref_texts))
         ref_texts, ref_gold = self._reference_cache[key]
         gold = self.gold(prompts, texts)
@@ -194,6 +234,7 @@ class TextEnv(PromptTask):
                    "eval/kl_to_ref": float(kl.mean()), "eval/win_rate_vs_ref": float(wins.mean()),
                    "eval/ref_gold_reward_mean": float(ref_gold.mean()),
                    "eval/response_tokens": float(np.mean(policy.response_lengths(rollout)))}
+        metrics |= self.axes(prompts, texts, "") | self.axes(prompts, ref_texts, "ref_")
         learned = None
         if not reward.uses_env_reward:
             learned = reward.score(prompts, texts)
@@ -211,35 +252,3 @@ class TextEnv(PromptTask):
                  metrics["eval/gold_reward_mean"], metrics["eval/ref_gold_reward_mean"], metrics["eval/kl_to_ref"],
                  metrics["eval/win_rate_vs_ref"])
         return metrics
-
-
-def gold_vs_kl(path: Path, history: dict[str, list[tuple[int, float]]], final: dict[str, float], name: str) -> None:
-    """Gold reward against KL to the reference over training: each iteration's training batch, the
-    held-out evaluations, the final one, and the reference's gold reward (KL 0)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    if history.get("train/kl") and history.get("train/true_return"):
-        kl = dict(history["train/kl"])
-        points = [(kl[s], g) for s, g in history["train/true_return"] if s in kl]
-        if points:
-            xs, ys = zip(*points, strict=True)
-            ax.plot(xs, ys, "-o", ms=3, lw=1, alpha=0.6, color="tab:orange", label="training batches")
-    if history.get("eval/kl_to_ref") and history.get("eval/gold_reward_mean"):
-        eval_kl = [v for _, v in history["eval/kl_to_ref"]]
-        eval_gold = [v for _, v in history["eval/gold_reward_mean"]][: len(eval_kl)]
-        ax.scatter(eval_kl[: len(eval_gold)], eval_gold, color="tab:blue", zorder=4, label="held-out evaluations")
-    ax.scatter([final["eval/kl_to_ref"]], [final["eval/gold_reward_mean"]], color="black", marker="*", s=120,
-               zorder=5, label="final policy")
-    ax.axhline(final["eval/ref_gold_reward_mean"], color="tab:gray", ls="--", lw=1, label="reference policy")
-    ax.set(xlabel="KL(policy || reference), nats per response", ylabel="gold reward (VADER compound)",
-           title=f"{name}\ngold reward against KL over training")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)

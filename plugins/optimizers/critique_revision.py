@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -44,19 +43,10 @@ from core.schema import ConfigError, NonNegativeInt, Positive, PositiveInt
 from core.types import Preferences, Trajectory
 from plugins.constitution import Principle, draw, read_constitution
 from plugins.policies.text import TextPolicy, build_text_policy
+from plugins.prompt_format import conversation
 
 log = logging.getLogger(__name__)
 RED_TEAM = "red_team"
-
-
-def conversation(tokenizer: Any, turns: Sequence[str]) -> str:
-    """The text a model continues for the next assistant turn: turns alternate person, assistant, person, ...
-    (an odd number, ending with the person's), through the tokenizer's chat template where it has one."""
-    if getattr(tokenizer, "chat_template", None):
-        messages = [{"role": "user" if k % 2 == 0 else "assistant", "content": t} for k, t in enumerate(turns)]
-        return str(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
-    lines = [f"{'Human' if k % 2 == 0 else 'Assistant'}: {t}" for k, t in enumerate(turns)]
-    return "\n\n".join(lines) + "\n\nAssistant:"
 
 
 class CritiqueRevision(Optimizer):
@@ -79,11 +69,12 @@ class CritiqueRevision(Optimizer):
         """Each text's continuation, stripped."""
         return [t.strip() for t in policy.sample(texts, seed)[1]] if texts else []
 
-    def revise(self, policy: TextPolicy, prompts: list[str], rng: np.random.Generator, seed: int
+    def revise(self, policy: TextPolicy, env: PromptTask, prompts: list[str], rng: np.random.Generator, seed: int
                ) -> tuple[list[str], list[dict[str, Any]]]:
-        """The final revision of the model's answer to each prompt, and every round's record."""
+        """The final revision of the model's answer to each prompt (put as the task puts it: env.present), and
+        every round's record."""
         tok = policy.tokenizer
-        answers = self.generate(policy, [conversation(tok, [p]) for p in prompts], seed)
+        answers = self.generate(policy, env.present(prompts), seed)
         rounds: list[dict[str, Any]] = []
         for r in range(self.revisions):
             principles: list[Principle] = draw(self.principles, len(prompts), rng)
@@ -117,8 +108,8 @@ class CritiqueRevision(Optimizer):
                 model = init.model if init is not None else (self.model or env.model)
                 policy = build_text_policy(model, self.max_new_tokens, self.temperature, batch_size=self.batch_size,
                                            reference=False)
-            revised, rounds = self.revise(policy, red, np.random.default_rng(run.seed + 7000), run.seed + 7001)
-            own = self.generate(policy, [conversation(policy.tokenizer, [p]) for p in helpful], run.seed + 7100)
+            revised, rounds = self.revise(policy, env, red, np.random.default_rng(run.seed + 7000), run.seed + 7001)
+            own = self.generate(policy, env.present(helpful), run.seed + 7100)
             records = [{"prompt": p, "response": r} for p, r in zip(red + helpful, revised + own, strict=True) if r]
             folder.mkdir(parents=True, exist_ok=True)
             write_atomic(folder / "critiques.jsonl", "".join(json.dumps(r) + "\n" for r in rounds).encode())

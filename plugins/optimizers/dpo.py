@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import lightning as L
@@ -87,12 +87,14 @@ def implicit_rewards(chosen_logratio: torch.Tensor, rejected_logratio: torch.Ten
 
 
 class Tokenized:
-    """Each preference item (a response to a prompt) as token ids: prompt (ending at most max_length // 2 tokens
-    before the limit when the whole is too long) and response, together at most `max_length` tokens."""
+    """Each preference item (a response to a prompt) as token ids: prompt (as the task presents it: `present`;
+    ending at most max_length // 2 tokens before the limit when the whole is too long) and response, together at
+    most `max_length` tokens."""
 
-    def __init__(self, policy: TextPolicy, items: Sequence[Response], max_length: int, eos: bool) -> None:
+    def __init__(self, policy: TextPolicy, items: Sequence[Response], max_length: int, eos: bool,
+                 present: Callable[[Sequence[str]], list[str]]) -> None:
         self.pad_id = policy.pad_id
-        prompts = policy.encode([r.prompt for r in items])
+        prompts = policy.encode(present([r.prompt for r in items]))
         responses = policy.tokenizer([r.text for r in items], add_special_tokens=False)["input_ids"]
         self.prompt, self.response = [], []
         for p, r in zip(prompts, responses, strict=True):
@@ -249,7 +251,7 @@ class DPO(Optimizer):
         train_groups, val_groups = split_by_prompt(groups, prefs.items, self.val_fraction, rng, "policy.val_fraction")
         train = pack(train_groups, run.per_process(self.batch_size), rng)
         val = pack(val_groups, self.batch_size, rng)
-        data = Tokenized(policy, prefs.items, self.max_length, self.eos)
+        data = Tokenized(policy, prefs.items, self.max_length, self.eos, env.present)
         used = np.unique(np.concatenate([items for items, _ in train + val]))
         ref_logp = self.reference_logprobs(policy, data, used, len(prefs.items))
         steps_per_epoch = max(1, len(train) // run.processes)  # (a data-parallel fit: each process every world-th)

@@ -212,7 +212,7 @@ class GRPOModule(L.LightningModule):
         t0 = time.time()
         prompts = self.draw_prompts()
         policy.eval()
-        rollout = policy.generate(policy.encode(prompts), self.generator)
+        rollout = policy.generate(policy.encode(self.env.present(prompts)), self.generator)
         texts = policy.decode(rollout)
         generate_time = time.time() - t0
         gold = self.env.gold(prompts, texts)

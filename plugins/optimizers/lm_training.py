@@ -154,7 +154,7 @@ class CausalLMTraining(Optimizer):
         self.max_length, self.val_fraction = max_length, val_fraction
         self.lora = LoraSettings(**lora) if lora is not None and not isinstance(lora, LoraSettings) else lora
 
-    def examples(self, policy: TextPolicy, path: Path) -> list[tuple[list[int], list[int]]]:
+    def examples(self, policy: TextPolicy, env: PromptTask, path: Path) -> list[tuple[list[int], list[int]]]:
         """(input_ids, labels) token lists, at most max_length long."""
         raise NotImplementedError
 
@@ -169,7 +169,7 @@ class CausalLMTraining(Optimizer):
             torch.manual_seed(run.seed)
             model = init.model if init is not None else (self.model or env.model)
             policy = build_text_policy(model, env.max_new_tokens, lora=self.lora)
-        data = self.examples(policy, Path(self.path) if self.path else self.bundled)
+        data = self.examples(policy, env, Path(self.path) if self.path else self.bundled)
         order = torch.randperm(len(data), generator=torch.Generator().manual_seed(run.seed)).tolist()
         n_val = min(len(data) - 1, max(1, round(len(data) * self.val_fraction)))
         val, train = [data[k] for k in order[:n_val]], [data[k] for k in order[n_val:]]
@@ -191,7 +191,7 @@ class Pretrain(CausalLMTraining):
     bundled = CORPUS
     unit = "blocks"
 
-    def examples(self, policy: TextPolicy, path: Path) -> list[tuple[list[int], list[int]]]:
+    def examples(self, policy: TextPolicy, env: PromptTask, path: Path) -> list[tuple[list[int], list[int]]]:
         stream: list[int] = []
         for ids in policy.tokenizer(read_corpus(path), add_special_tokens=False)["input_ids"]:
             stream += list(ids) + [policy.eos_id]
@@ -208,10 +208,10 @@ class SFT(CausalLMTraining):
     bundled = DEMONSTRATIONS
     unit = "demonstrations"
 
-    def examples(self, policy: TextPolicy, path: Path) -> list[tuple[list[int], list[int]]]:
+    def examples(self, policy: TextPolicy, env: PromptTask, path: Path) -> list[tuple[list[int], list[int]]]:
         out = []
         for prompt, response in read_demonstrations(path):
-            p = policy.encode([prompt])[0]
+            p = policy.encode(env.present([prompt]))[0]
             r = list(policy.tokenizer(response, add_special_tokens=False)["input_ids"]) + [policy.eos_id]
             p = p[-max(1, self.max_length // 2):] if len(p) + len(r) > self.max_length else p
             r = r[: self.max_length - len(p)]

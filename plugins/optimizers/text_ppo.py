@@ -92,6 +92,7 @@ class TextPPOHparams:
     temperature: Positive = 1.0
     lora: LoraSettings | None = None
     eval_every: NonNegativeInt = 5
+    target_kl: Positive | None = None
 
 
 class KLController:
@@ -155,6 +156,7 @@ class TextPPOModule(L.LightningModule):
         self.recent_return = float("nan")
         self.strict_loading = False  # checkpoints hold the trained weights only (prune_checkpoint)
         self._restored = False  # a batch loaded from a checkpoint, not yet on the device
+        self.updates_done = 0  # updates made on the current batch (-1: stopped by target_kl)
 
     def train_dataloader(self) -> DataLoader:
         return ResumableLoader(range(self.num_iterations * self.updates_per_iteration), batch_size=None, shuffle=False)
@@ -168,7 +170,7 @@ class TextPPOModule(L.LightningModule):
             "env_steps": self.env_steps, "elapsed": time.time() - self.start_time, "recent_return": self.recent_return,
             "rng": self.rng.bit_generator.state, "generator": self.generator.get_state(),
             "rollout": getattr(self, "rollout", None), "buffer": getattr(self, "buffer", None),
-            "order": getattr(self, "order", None),
+            "order": getattr(self, "order", None), "updates_done": self.updates_done,
             "callback": self.callback.state_dict() if isinstance(self.callback, IterationCallback) else {}}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -176,6 +178,7 @@ class TextPPOModule(L.LightningModule):
         self.kl.value = state["kl_coef"]
         self.reward_shift, self.reward_scale = state["reward_shift"], state["reward_scale"]
         self.env_steps, self.recent_return = state["env_steps"], state["recent_return"]
+        self.updates_done = state.get("updates_done", 0)
         self.start_time = time.time() - state["elapsed"]
         self.rng.bit_generator.state = state["rng"]
         self.generator.set_state(state["generator"])
@@ -208,7 +211,7 @@ class TextPPOModule(L.LightningModule):
         drawn = self.rng.integers(len(self.env.train_prompts), size=hp.batch_size)
         prompts = [self.env.train_prompts[k] for k in drawn]
         policy.eval()
-        rollout = policy.generate(policy.encode(prompts), self.generator)
+        rollout = policy.generate(policy.encode(self.env.present(prompts)), self.generator)
         texts = policy.decode(rollout)
         generate_time = time.time() - t0
         gold = self.env.gold(prompts, texts)
@@ -265,6 +268,10 @@ class TextPPOModule(L.LightningModule):
             self.rollout = self.rollout.to(self.device)
             self.buffer = {k: v.to(self.device) for k, v in self.buffer.items()}
             self._restored = False
+        if within == 0:
+            self.updates_done = 0
+        if self.updates_done < 0:  # this batch's updates were stopped at the trust region's edge
+            return None
         if mb == 0:
             self.order = torch.randperm(hp.batch_size)
         rows = self.order[mb * self.minibatch_size:(mb + 1) * self.minibatch_size]
@@ -278,10 +285,15 @@ class TextPPOModule(L.LightningModule):
         v_loss = value_loss(values[mask], b["values"][rows][mask], b["returns"][rows][mask],
                             hp.clip_coef if hp.clip_vloss else None)
         loss = pg_loss + hp.vf_coef * v_loss
-        if within == self.updates_per_iteration - 1:
+        stop = hp.target_kl is not None and stats["approx_kl"].item() > 1.5 * hp.target_kl
+        if stop or within == self.updates_per_iteration - 1:
             self.run.log({"train/policy_loss": pg_loss.item(), "train/value_loss": v_loss.item(),
-                          "train/approx_kl": stats["approx_kl"].item(), "train/clipfrac": stats["clipfrac"].item()},
-                         self.env_steps)
+                          "train/approx_kl": stats["approx_kl"].item(), "train/clipfrac": stats["clipfrac"].item(),
+                          "train/updates": float(self.updates_done + (not stop))}, self.env_steps)
+        if stop:  # Spinning Up's early stop: this minibatch already left the trust region; no more updates on it
+            self.updates_done = -1
+            return None
+        self.updates_done += 1
         return loss
 
 

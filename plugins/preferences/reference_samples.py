@@ -52,7 +52,7 @@ class ReferenceSamples(PreferenceSource):
             torch.manual_seed(run.seed)
             sampler = build_text_policy(model, env.max_new_tokens, self.temperature, batch_size=self.batch_size,
                                         reference=False)
-        _, texts = sampler.sample(prompts, seed=run.seed + 3001)
+        _, texts = sampler.sample(env.present(prompts), seed=run.seed + 3001)
         gold = env.gold(prompts, texts)
         log.info("sampled %d reference responses in %.0f s", len(texts), time.perf_counter() - start)
         items = [Response(p, t, gold=float(g)) for p, t, g in zip(prompts, texts, gold, strict=True)]

@@ -93,7 +93,7 @@ class TextNoiseInjection(PreferenceSource):
             torch.manual_seed(run.seed)
             sampler = build_text_policy(model, env.max_new_tokens, batch_size=self.batch_size, reference=False)
         sampler.eval()
-        queries = sampler.encode(prompts)
+        queries = sampler.encode(env.present(prompts))
         items: list[Response] = []
         levels = list(zip(self.noise_levels, self.temperatures, strict=True))
         for k, (eps, temp) in enumerate(tqdm(levels, desc="text noise injection", disable=not run.progress,

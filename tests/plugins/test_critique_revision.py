@@ -15,7 +15,7 @@ from core.tracking import NullTracker
 from plugins.constitution import read_constitution
 from plugins.envs.text import TextEnv
 from plugins.lm import load_causal_lm
-from plugins.optimizers.critique_revision import CritiqueRevision, conversation
+from plugins.optimizers.critique_revision import CritiqueRevision
 from plugins.optimizers.lm_training import SFT
 from plugins.policies.text import TextPolicy
 
@@ -42,15 +42,3 @@ def test_critique_and_revision_make_the_sft_file_and_the_model_is_fine_tuned_on_
     assert all(d["response"] == final[d["prompt"]] for d in demos if d["prompt"] in red and final[d["prompt"]])
     untouched, _ = load_causal_lm(tiny_lm_dir)
     assert any(not torch.equal(p, q) for p, q in zip(policy.lm.parameters(), untouched.parameters(), strict=True))
-
-
-def test_the_conversation_uses_the_chat_template_where_the_tokenizer_has_one(tiny_lm_dir: str) -> None:
-    _, tokenizer = load_causal_lm(tiny_lm_dir)
-    text = conversation(tokenizer, ["Hi", "Hello!", "Critique that."])
-    assert "<|im_start|>user" in text and text.rstrip().endswith("assistant")
-
-    class Plain:
-        chat_template = None
-
-    assert conversation(Plain(), ["Hi", "Hello!", "Critique that."]).endswith(
-        "Human: Hi\n\nAssistant: Hello!\n\nHuman: Critique that.\n\nAssistant:")

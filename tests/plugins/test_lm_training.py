@@ -54,8 +54,10 @@ def test_bundled_data_reads_and_malformed_lines_are_named(tmp_path: Path) -> Non
 def test_sft_masks_the_prompt_and_keeps_the_eos(char_lm_dir: str) -> None:
     lm, tokenizer = load_causal_lm(char_lm_dir)
     policy = TextPolicy(lm, tokenizer, 8, reference=False)
-    [(ids, labels), _] = SFT(max_length=64).examples(policy, _demo_file(Path(char_lm_dir).parent / "two.jsonl", 2))
-    prompt = policy.encode(["great film"])[0]
+    env = TextEnv(model=char_lm_dir, max_new_tokens=8)
+    [(ids, labels), _] = SFT(max_length=64).examples(policy, env, _demo_file(Path(char_lm_dir).parent / "two.jsonl",
+                                                                             2))
+    prompt = policy.encode(env.present(["great film"]))[0]  # the prompt as the task puts it to the model
     assert labels[: len(prompt)] == [IGNORE] * len(prompt) and ids[: len(prompt)] == prompt
     assert labels[len(prompt):] == ids[len(prompt):] and ids[-1] == policy.eos_id
 
