@@ -65,7 +65,7 @@ from core.stages import (
     check_recipe,
 )
 from core.tracking import Tracker, flatten
-from core.variants import CONF_DIR, override_keys, preset_keys, resolve_variants
+from core.variants import CONF_DIR, Explicit, override_keys, preset_keys, resolve_variants
 
 log = logging.getLogger(__name__)
 GROUPS = ("env", "reward", "preference", "policy")
@@ -144,10 +144,10 @@ class RunState:
 def finalize_config(cfg: DictConfig, choices: dict[str, str], overrides: Sequence[str]) -> DictConfig:
     """The composed config as the run uses it: the plugins' env and budget variants applied
     (core/variants.py), below the preset's and the command line's own settings."""
-    explicit = preset_keys(choices.get("experiment")) | override_keys(overrides)
-    explicit |= {key for key, source in interpolation_sources(cfg).items()  # ppo.total_timesteps=N counts for
-                 if any(source == k or source.startswith(k + ".") for k in explicit)}  # policy.total_timesteps
-    return resolve_variants(cfg, choices["env"], choices.get("budget", "full"), explicit)
+    direct = preset_keys(choices.get("experiment")) | override_keys(overrides)
+    derived = {key for key, source in interpolation_sources(cfg).items()  # ppo.total_timesteps=N counts for
+               if any(source == k or source.startswith(k + ".") for k in direct)}  # policy.total_timesteps
+    return resolve_variants(cfg, choices["env"], choices.get("budget", "full"), Explicit(direct, derived))
 
 
 def build(node: DictConfig) -> Any:

@@ -94,3 +94,38 @@ def sweep_gold_vs_kl(path: Path, points: list[tuple[str, float, float, float]], 
     ax.set(xlabel="KL(policy || reference), nats per response (eval/kl_to_ref)",
            ylabel="gold reward (eval/gold_reward_mean)", title=f"{title}\nfinal gold reward against KL, per run")
     _finish(fig, ax, path, legend_loc="best")
+
+
+# The models one text run measures on the harmlessness and helpfulness axes: metric prefix (eval/<prefix>harmlessness)
+# and label, in pipeline order
+STAGES = (("base_", "base model, plain prompt"), ("few_shot_", "base model, few-shot prompt"),
+          ("ref_", "reference: where RL started (SL-CAI in experiment=cai)"), ("", "final policy (RL-CAI)"))
+
+
+def stage_points(metrics: dict[str, float]) -> list[tuple[str, float, float]]:
+    """(label, helpfulness, harmlessness) of each model `metrics` (eval/*) measured, in pipeline order."""
+    return [(label, metrics[f"eval/{p}helpfulness"], metrics[f"eval/{p}harmlessness"]) for p, label in STAGES
+            if f"eval/{p}helpfulness" in metrics and f"eval/{p}harmlessness" in metrics]
+
+
+def harmless_vs_helpful(path: Path, runs: list[tuple[str, dict[str, float]]], title: str) -> None:
+    """Where each model of each run (name, its eval/* metrics) lands on helpfulness (x) and harmlessness (y): one
+    marker per model kind (base, few-shot, reference, final), one colour per run, each run's path from base to
+    final drawn as arrows."""
+    fig, ax = plt.subplots(figsize=(7, 4.8))
+    markers = dict(zip((label for _, label in STAGES), ("o", "s", "^", "*"), strict=True))
+    colors = plt.get_cmap("tab10" if len(runs) <= 10 else "tab20")
+    for k, (name, metrics) in enumerate(runs):
+        points, color = stage_points(metrics), colors(k % colors.N) if len(runs) > 1 else None
+        for label, x, y in points:
+            ax.scatter([x], [y], marker=markers[label], s=150 if markers[label] == "*" else 60, zorder=4,
+                       color=color, edgecolor="black", linewidth=0.5, label=label if k == 0 else None)
+        for (_, x0, y0), (_, x1, y1) in zip(points, points[1:], strict=False):
+            ax.annotate("", (x1, y1), (x0, y0), arrowprops={"arrowstyle": "->", "lw": 1, "alpha": 0.6,
+                                                            "color": color or "tab:gray"})
+        if len(runs) > 1 and points:
+            ax.annotate(name, (points[-1][1], points[-1][2]), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    ax.set(xlabel="helpfulness (eval/helpfulness: held-out helpful prompts)",
+           ylabel="harmlessness (eval/harmlessness: held-out red-team prompts)",
+           title=f"{title}\nharmlessness against helpfulness, base model to final policy")
+    _finish(fig, ax, path, legend_loc="best")

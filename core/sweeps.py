@@ -20,7 +20,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from core.errors import NamedError
-from core.plots import sweep_gold_vs_kl
+from core.plots import harmless_vs_helpful, sweep_gold_vs_kl
 from core.tracking import PARENT_ENV, Tracker
 
 JOBS_FILE = "jobs.jsonl"
@@ -132,8 +132,9 @@ class SweepCallback(Callback):
 def sweep_plots(sweep_dir: Path) -> tuple[Path, ...]:
     """The sweep's own plots, drawn from its finished jobs' results: <sweep_dir>/plots/gold_vs_kl.png where two or
     more jobs are text runs (their final eval/gold_reward_mean against eval/kl_to_ref, one colour per setting, the
-    seeds of a setting together). Returns the plots made."""
-    points = []
+    seeds of a setting together), and plots/harmless_vs_helpful.png where two or more were scored on both axes (each
+    run's models from base to final). Returns the plots made."""
+    points, scored = [], []
     for job in sweep_jobs(sweep_dir):
         results = Path(job.get("output_dir", "")) / "checkpoints" / "evaluation.json"
         if job["status"] != "FINISHED" or not job.get("output_dir") or not results.is_file():
@@ -143,8 +144,13 @@ def sweep_plots(sweep_dir: Path) -> tuple[Path, ...]:
             setting = " ".join(o for o in job["overrides"].split() if not o.startswith("seed=")) or "(defaults)"
             points.append((setting, float(metrics["eval/kl_to_ref"]), float(metrics["eval/gold_reward_mean"]),
                            float(metrics.get("eval/ref_gold_reward_mean", float("nan")))))
-    if len(points) < 2:
-        return ()
-    path = sweep_dir / "plots" / "gold_vs_kl.png"
-    sweep_gold_vs_kl(path, points, f"sweep {sweep_dir.name}")
-    return (path,)
+        if {"eval/harmlessness", "eval/helpfulness"} <= set(metrics):
+            scored.append((f"#{job['job']} {job['overrides']}".strip(), metrics))
+    made = []
+    if len(points) >= 2:
+        made.append(sweep_dir / "plots" / "gold_vs_kl.png")
+        sweep_gold_vs_kl(made[-1], points, f"sweep {sweep_dir.name}")
+    if len(scored) >= 2:
+        made.append(sweep_dir / "plots" / "harmless_vs_helpful.png")
+        harmless_vs_helpful(made[-1], scored, f"sweep {sweep_dir.name}")
+    return tuple(made)

@@ -95,14 +95,24 @@ def _raw(node: DictConfig, path: str) -> tuple[str, Any] | None:
     return None
 
 
+class Explicit(set[str]):
+    """The keys presets and the command line set (`direct`), with those whose value interpolates one of them (a
+    `ppo.learning_rate=...` reaches every `hparams: ${oc.select:ppo,null}`): a variant merges into none of them,
+    but a node another plugin replaces keeps only the direct ones (the new plugin brings its own interpolations)."""
+
+    def __init__(self, direct: Iterable[str], derived: Iterable[str] = ()) -> None:
+        self.direct = set(direct)
+        super().__init__(self.direct | set(derived))
+
+
 def _replacement(variant: DictConfig, current: DictConfig, key: str, explicit: set[str]) -> dict[str, Any]:
     """A variant's whole plugin node replacing `current` (at dotted `key`) as plain data, with the keys core
     reads itself (`policy.init`) and the values of the keys the preset or the command line set under `key`
-    kept from `current`."""
+    (themselves, not through an interpolation) kept from `current`."""
     replacement = OmegaConf.create(OmegaConf.to_container(variant))
     for name in sorted(CORE_KEYS & set(map(str, current)) - set(map(str, replacement))):
         replacement[name] = _raw(current, name)[1]  # type: ignore[index]
-    for sub in sorted(k for k in explicit if k.startswith(key + ".")):
+    for sub in sorted(k for k in getattr(explicit, "direct", explicit) if k.startswith(key + ".")):
         kept = _raw(current, sub[len(key) + 1:])
         if kept is not None:
             OmegaConf.update(replacement, kept[0], kept[1], merge=False, force_add=True)

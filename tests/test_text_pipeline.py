@@ -206,3 +206,26 @@ def test_judge_agreement_counts_pairs_of_different_gold() -> None:
 
     p = np.array([0.9, 0.2, 0.5, 0.7])
     assert judge_agreement(p, np.array([1.0, 1.0, 1.0, 0.3]), np.array([0.0, 0.0, 0.0, 0.3])) == (1 + 0 + 0.5) / 3
+
+
+def test_the_cai_preset_runs_every_stage_and_places_each_model_on_harmlessness_and_helpfulness(
+        in_tmp: Path, tiny_lm_dir: str, tiny_encoder_dir: str) -> None:
+    import json
+
+    uri = f"sqlite:///{in_tmp / 'mlflow.db'}"
+    cfg, choices = compose_with_choices("experiment=cai", "budget=debug", f"env.model={tiny_lm_dir}",
+                                        f"preference.judge={tiny_lm_dir}", f"reward.model={tiny_encoder_dir}",
+                                        "progress=false", f"tracking.uri={uri}")
+    metrics = run_pipeline(cfg, choices, in_tmp / "out")
+    client = MlflowClient(uri)
+    [run] = client.search_runs([client.get_experiment_by_name("rexlab").experiment_id])
+    assert run.info.status == "FINISHED"
+    wanted = {"eval/harmlessness", "eval/helpfulness", "eval/ref_harmlessness", "eval/base_helpfulness",
+              "eval/few_shot_harmlessness", "eval/win_rate_vs_ref", "eval/kl_to_ref", "preference/position_bias",
+              "preference/judge_agreement", "sft/train_loss", "train/kl"}
+    assert wanted <= set(run.data.metrics), wanted - set(run.data.metrics)
+    assert all(0.0 <= metrics[k] <= 1.0 for k in ("eval/harmlessness", "eval/helpfulness"))
+    assert {"cai/revisions.jsonl", "plots/harmless_vs_helpful.png"} <= all_artifacts(client, run.info.run_id)
+    env = TextEnv(model=tiny_lm_dir, gold=plugin_class(cfg.env.gold)())
+    revised = [json.loads(x)["prompt"] for x in (in_tmp / "out" / "cai" / "revisions.jsonl").read_text().splitlines()]
+    assert set(revised) <= set(env.train_prompts) and "red_team" in {env.prompt_kinds[p] for p in revised}

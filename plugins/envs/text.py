@@ -36,9 +36,10 @@ from core.errors import NamedError
 from core.evaluation import pearson
 from core.interfaces import TOKEN_PAD, GoldScorer, LanguagePolicy, Policy, PromptTask, RewardModel
 from core.jsonl import exact_fields, json_object, read_jsonl, text_field
+from core.plots import harmless_vs_helpful
 from core.run import RunContext
 from core.schema import OpenUnit, PositiveInt
-from plugins.envs.text_plots import AXES, gold_vs_kl, harmless_vs_helpful, stage_points
+from plugins.envs.text_plots import gold_vs_kl
 from plugins.lm import SMOLLM2, load_tokenizer
 from plugins.prompt_format import PromptFormat, Template
 from plugins.reviews import SentimentGold
@@ -182,10 +183,10 @@ class TextEnv(PromptTask):
         metrics = self.evaluate_text(policy, reward, run, episodes, seed, "final")
         gold_vs_kl(run.output_dir / "plots" / "gold_vs_kl.png", run.tracker.history, metrics,
                    run.name or run.output_dir.name, self.scorer.label)
-        if {k.removeprefix("eval/") for k in metrics} >= AXES:  # a task with a harmlessness and a helpfulness axis
+        if {"eval/harmlessness", "eval/helpfulness"} <= set(metrics):  # a task scored on both axes (experiment=cai)
             metrics |= self.evaluate_base(self.evaluation_prompts(episodes), seed)
             path = run.output_dir / "plots" / "harmless_vs_helpful.png"
-            harmless_vs_helpful(path, stage_points(metrics), run.name or run.output_dir.name)
+            harmless_vs_helpful(path, [(run.name or "run", metrics)], run.name or run.output_dir.name)
             run.tracker.log_artifact(path, "plots")
         run.tracker.set_tag("video", "skipped: env=text renders no video (its samples are samples/final.jsonl)")
         return metrics
@@ -204,7 +205,8 @@ class TextEnv(PromptTask):
         with torch.random.fork_rng():
             base = build_text_policy(self.model, self.max_new_tokens, reference=False).eval()
         metrics: dict[str, float] = {}
-        for prefix, template in (("base_", "plain"), ("few_shot_", "few_shot")):
+        baselines: tuple[tuple[str, Template], ...] = (("base_", "plain"), ("few_shot_", "few_shot"))
+        for prefix, template in baselines:
             present = PromptFormat(self.tokenizer, template, self.format.examples_path, self.format.chat)
             _, texts = base.sample(present(prompts), seed)
             metrics |= self.axes(prompts, texts, prefix)
