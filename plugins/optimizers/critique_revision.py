@@ -57,13 +57,14 @@ class CritiqueRevision(Optimizer):
 
     def __init__(self, sft: Optimizer, model: str | None = None, constitution: str | None = None,
                  revisions: NonNegativeInt = 1, max_new_tokens: PositiveInt = 48, temperature: Positive = 1.0,
-                 batch_size: PositiveInt = 16) -> None:
+                 batch_size: PositiveInt = 16, prompts: PositiveInt | None = None) -> None:
         if not hasattr(sft, "path"):
             raise ConfigError(f"policy.sft is {type(sft).__name__}; supervised CAI needs a supervised fine-tuning "
                               f"optimizer that reads its data from `path` (conf/policy/sft.yaml)")
         self.sft, self.model, self.revisions = sft, model, revisions
         self.principles = read_constitution(constitution, "policy.constitution")
         self.max_new_tokens, self.temperature, self.batch_size = max_new_tokens, temperature, batch_size
+        self.prompts = prompts
 
     def generate(self, policy: TextPolicy, texts: list[str], seed: int) -> list[str]:
         """Each text's continuation, stripped."""
@@ -94,8 +95,8 @@ class CritiqueRevision(Optimizer):
             init: SavedPolicy | None = None, preferences: Preferences | None = None) -> Policy:
         if not isinstance(env, PromptTask):
             raise TypeError(f"supervised CAI trains language models in env=text, got {type(env).__name__}")
-        red = [p for p in env.train_prompts if env.prompt_kinds.get(p) == RED_TEAM]
-        helpful = [p for p in env.train_prompts if env.prompt_kinds.get(p) != RED_TEAM]
+        red = [p for p in env.train_prompts if env.prompt_kinds.get(p) == RED_TEAM][: self.prompts]
+        helpful = [p for p in env.train_prompts if env.prompt_kinds.get(p) != RED_TEAM][: self.prompts]
         if not red:
             raise ValueError("supervised CAI revises answers to red-team prompts, but env.prompts marks none "
                              f'{{"kind": "{RED_TEAM}"}} among the training prompts (experiment=cai bundles some)')
