@@ -1,6 +1,7 @@
 """The text track's comparison tables in docs/results.md, from sweep folders of env=text runs.
 
     .venv/bin/python docs/text_results.py multirun/2026-12-02/17-26-18 [more sweep folders] [--plot NAME]
+    .venv/bin/python docs/text_results.py --cai multirun/... [--plot NAME]     # experiment=cai runs
 
 Reads each finished job of the sweeps (its jobs.jsonl line, checkpoints/evaluation.json, metrics.jsonl and the
 timestamps of its main.log), adds them to the committed records (docs/results_text_runs.csv: one row per setting
@@ -8,7 +9,9 @@ and seed, the newest run winning, so the tables outlive the sweep folders), and 
 per setting (the job's overrides without the seed) the mean and std over seeds of the final gold reward, the
 reference's, the KL to the reference, the win rate, the held-out accuracies and the wall time. With --plot NAME,
 docs/img/NAME.png puts every run of those settings on one gold-against-KL picture (core/plots.py's sweep plot, as a
-sweep's parent run gets).
+sweep's parent run gets). With --cai, the records are docs/results_cai_runs.csv and the columns each model's
+harmlessness and helpfulness (base, few-shot base, SL-CAI, RL-CAI), the judge's agreement and position bias, RL's KL
+and the refusal rate; --plot draws the runs on the harmlessness-against-helpfulness picture.
 """
 
 from __future__ import annotations
@@ -34,7 +37,18 @@ COLUMNS = {  # record field: (metric, table heading)
     "true_accuracy": ("", "held-out accuracy (gold order)"),
     "minutes": ("", "wall minutes"),
 }
-FIELDS = ("setting", "seed", *COLUMNS, "date", "folder")
+CAI_COLUMNS = {
+    **{f"{p}{axis}": (f"eval/{p}{axis}", f"{name} {axis}") for p, name in (("base_", "base"), ("few_shot_", "few-shot"),
+                                                                           ("ref_", "SL-CAI"), ("", "RL-CAI"))
+       for axis in ("harmlessness", "helpfulness")},
+    "refusal_rate": ("eval/refusal_rate", "RL-CAI refusals"),
+    "judge_agreement": ("preference/judge_agreement", "label agreement with gold"),
+    "position_bias": ("preference/position_bias", "judge position bias"),
+    "kl": ("eval/kl_to_ref", "KL to SL-CAI, nats"),
+    "clipfrac": ("train/clipfrac", "last clipfrac"),
+    "approx_kl": ("train/approx_kl", "last approx KL"),
+    "minutes": ("", "wall minutes"),
+}
 
 
 def last_values(folder: Path) -> dict[str, float]:
@@ -77,16 +91,17 @@ def sweep_records(sweep: Path) -> list[dict[str, str]]:
     return out
 
 
-def read_records() -> dict[tuple[str, str], dict[str, str]]:
-    if not RECORDS.exists():
+def read_records(path: Path) -> dict[tuple[str, str], dict[str, str]]:
+    if not path.exists():
         return {}
-    with RECORDS.open(newline="") as f:
+    with path.open(newline="") as f:
         return {(r["setting"], r["seed"]): r for r in csv.DictReader(f)}
 
 
-def write_records(records: dict[tuple[str, str], dict[str, str]]) -> None:
-    with RECORDS.open("w", newline="") as f:
-        writer = csv.DictWriter(f, FIELDS, extrasaction="ignore", lineterminator="\n")
+def write_records(records: dict[tuple[str, str], dict[str, str]], path: Path) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, ("setting", "seed", *COLUMNS, "date", "folder"), extrasaction="ignore",
+                                lineterminator="\n")
         writer.writeheader()
         writer.writerows(records[k] for k in sorted(records))
 
@@ -118,17 +133,30 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sweeps", type=Path, nargs="+", help="sweep folders (multirun/<date>/<time>)")
     parser.add_argument("--plot", help="draw the settings' runs on one gold-against-KL plot, docs/img/<PLOT>.png")
+    parser.add_argument("--cai", action="store_true", help="experiment=cai runs: harmlessness and helpfulness columns")
     args = parser.parse_args()
-    records = read_records()
+    global COLUMNS
+    path = HERE / "results_cai_runs.csv" if args.cai else RECORDS
+    if args.cai:
+        COLUMNS = CAI_COLUMNS
+    records = read_records(path)
     settings: list[str] = []
     for sweep in args.sweeps:
         for record in sweep_records(sweep):
             records[(record["setting"], record["seed"])] = record
             if record["setting"] not in settings:
                 settings.append(record["setting"])
-    write_records(records)
+    write_records(records, path)
     print(tables(records, settings))
-    if args.plot:
+    if args.plot and args.cai:
+        sys.path.insert(0, str(HERE.parent))
+        from core.plots import harmless_vs_helpful
+
+        runs = [(f"{setting} s{seed}", {f"eval/{k}": float(r[k]) for k in CAI_COLUMNS if k.endswith("ness")
+                                        and r.get(k)}) for (setting, seed), r in sorted(records.items())
+                if setting in settings]
+        harmless_vs_helpful(HERE / "img" / f"{args.plot}.png", runs, "experiment=cai, per run")
+    elif args.plot:
         sys.path.insert(0, str(HERE.parent))
         from core.plots import sweep_gold_vs_kl
 

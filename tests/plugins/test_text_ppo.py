@@ -113,3 +113,23 @@ def test_with_lora_only_the_adapters_and_value_head_train_the_reward_rises_and_t
     with torch.no_grad():
         torch.testing.assert_close(reference, base.score_tokens(rollout)[0])  # adapters off = the initial model
         assert (policy.score_tokens(rollout)[0] - reference).abs().max() > 1e-3  # the policy moved
+
+
+def test_target_kl_stops_a_batchs_updates_at_the_trust_regions_edge(char_lm_dir: str, tmp_path: Path) -> None:
+    env = TextEnv(model=char_lm_dir, max_new_tokens=12)
+    hparams = {"batch_size": 16, "num_minibatches": 2, "update_epochs": 4, "learning_rate": 3e-3, "kl_coef": 0.5,
+               "eval_every": 0, "total_timesteps": 16 * 12 * 6, "lora": None}
+    runs = {}
+    for target in (None, 0.01):
+        tracker = NullTracker()
+        L.seed_everything(0)
+        TextPPO(hparams | {"target_kl": target}).fit(env, SpaceShare(), RunContext(0, tmp_path, tracker,
+                                                                                   progress=False))
+        runs[target] = ([v for _, v in tracker.history["train/approx_kl"]],
+                        [v for _, v in tracker.history["train/updates"]])
+    free_kl, free_updates = runs[None]
+    kl, updates = runs[0.01]
+    assert free_updates == [8.0] * 6 and max(free_kl) > 0.015, runs  # at this step size one batch leaves the region
+    assert min(updates) < 8 and all(u >= 0 for u in updates), runs  # the stop cut some batches short
+    # the logged KL (of the minibatch that stopped a batch, or of its last) stays below the free run's
+    assert np.median(kl) < np.median(free_kl), runs
