@@ -66,18 +66,27 @@ def minutes(folder: Path) -> float:
     return (stamps[-1] - stamps[0]).total_seconds() / 60 if stamps else float("nan")
 
 
+def jobs(sweep: Path) -> list[dict[str, str]]:
+    """The jobs of a sweep folder (its jobs.jsonl), or a single run's folder as one finished job (its overrides from
+    .hydra/overrides.yaml)."""
+    if (sweep / "jobs.jsonl").is_file():
+        return [json.loads(line) for line in (sweep / "jobs.jsonl").read_text().splitlines()]
+    overrides = [line[2:].strip() for line in (sweep / ".hydra" / "overrides.yaml").read_text().splitlines()]
+    return [{"status": "FINISHED", "output_dir": str(sweep), "overrides": " ".join(overrides)}]
+
+
 def sweep_records(sweep: Path) -> list[dict[str, str]]:
-    """A record per finished job of the sweep folder."""
+    """A record per finished job of the sweep folder (or the run folder)."""
     out = []
-    for line in (sweep / "jobs.jsonl").read_text().splitlines():
-        job = json.loads(line)
+    for job in jobs(sweep):
         folder = Path(job["output_dir"])
         if job["status"] != "FINISHED" or not (folder / "checkpoints" / "evaluation.json").is_file():
             continue
         metrics = last_values(folder) | json.loads((folder / "checkpoints" / "evaluation.json").read_text())
         overrides = job["overrides"].split()
         seed = next((o.split("=", 1)[1] for o in overrides if o.startswith("seed=")), "0")
-        setting = " ".join(o for o in overrides if not o.startswith(("seed=", "progress=", "tracking.", "hydra")))
+        setting = " ".join(o for o in overrides if not o.startswith(("seed=", "progress=", "tracking", "hydra",
+                                                                     "policy.init=")))
         record = {"setting": setting, "seed": seed, "date": datetime.fromtimestamp(folder.stat().st_mtime).isoformat(
             " ", "minutes"), "folder": str(folder), "minutes": f"{minutes(folder):.1f}"}
         for field, (metric, _) in COLUMNS.items():
@@ -131,7 +140,7 @@ def tables(records: dict[tuple[str, str], dict[str, str]], settings: list[str]) 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("sweeps", type=Path, nargs="+", help="sweep folders (multirun/<date>/<time>)")
+    parser.add_argument("sweeps", type=Path, nargs="+", help="sweep folders (multirun/<date>/<time>) or run folders")
     parser.add_argument("--plot", help="draw the settings' runs on one gold-against-KL plot, docs/img/<PLOT>.png")
     parser.add_argument("--cai", action="store_true", help="experiment=cai runs: harmlessness and helpfulness columns")
     args = parser.parse_args()
