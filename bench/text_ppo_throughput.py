@@ -33,7 +33,7 @@ from plugins.policies.text import LoraSettings, Rollout, TextPolicy, build_text_
 
 def hf_generate(policy: TextPolicy, prompts: list[str], max_new_tokens: int) -> int:
     """transformers' generate on the same left-padded prompts; returns the tokens generated (to EOS)."""
-    query, mask = policy.left_pad(policy.encode(prompts))
+    query, mask = policy.left_pad(policy.encode(prompts))  # (prompts as the task presents them)
     out = policy.lm.generate(input_ids=query, attention_mask=mask, do_sample=True, top_k=0, top_p=1.0,
                              temperature=1.0, max_new_tokens=max_new_tokens, pad_token_id=policy.pad_id)
     response = out[:, query.shape[1]:]
@@ -96,11 +96,11 @@ def main() -> None:
     rexlab_gen, hf_gen = [], []
     for r in range(args.repeats):
         start = time.perf_counter()
-        rollout = policy.generate(policy.encode(prompts), torch.Generator().manual_seed(r))
+        rollout = policy.generate(policy.encode(env.present(prompts)), torch.Generator().manual_seed(r))
         rexlab_gen.append(int(rollout.response_mask.sum()) / (time.perf_counter() - start))
         start = time.perf_counter()
         with torch.no_grad():
-            tokens = hf_generate(policy, prompts, env.max_new_tokens)
+            tokens = hf_generate(policy, env.present(prompts), env.max_new_tokens)
         hf_gen.append(tokens / (time.perf_counter() - start))
     policy.train()
     ours = max(update(policy, rollout, hp, full_logits=False) for _ in range(args.repeats))

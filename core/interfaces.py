@@ -154,6 +154,8 @@ class GoldScorer(ABC):
     label: str
     default_prompts: Path
     continuation: bool = False
+    default_examples: Path | None = None
+    """The few-shot template's worked examples for this task (env.examples=null takes them); None: it has none."""
 
     @abstractmethod
     def score(self, prompts: Sequence[str], responses: Sequence[str], kinds: Sequence[str | None]) -> np.ndarray:
@@ -193,6 +195,11 @@ class PromptTask(Environment):
     def present(self, prompts: Sequence[str]) -> list[str]:
         """The text a language model continues for each prompt (the task's template and chat format); every
         sampler and optimizer encodes this, while data, reward models and judges keep the prompt itself."""
+
+    @abstractmethod
+    def conversation(self, turns: Sequence[str]) -> str:
+        """Turns alternating person, assistant, ..., ending with the person's -> the text a model continues for the
+        assistant's reply, in the task's chat format (critique and revision requests, for instance)."""
 
     @abstractmethod
     def evaluate_text(self, policy: LanguagePolicy, reward: RewardModel, run: RunContext, episodes: int,

@@ -1,4 +1,5 @@
-"""The two plots every control run logs: reward extrapolation and the learning curve."""
+"""Plots: the two every control run logs (reward extrapolation, the learning curve), a sweep's text runs' gold against
+KL, and where a run's models land on harmlessness and helpfulness."""
 
 from __future__ import annotations
 
@@ -99,7 +100,7 @@ def sweep_gold_vs_kl(path: Path, points: list[tuple[str, float, float, float]], 
 # The models one text run measures on the harmlessness and helpfulness axes: metric prefix (eval/<prefix>harmlessness)
 # and label, in pipeline order
 STAGES = (("base_", "base model, plain prompt"), ("few_shot_", "base model, few-shot prompt"),
-          ("ref_", "reference: where RL started (SL-CAI in experiment=cai)"), ("", "final policy (RL-CAI)"))
+          ("ref_", "reference: the model the last stage started from"), ("", "final policy"))
 
 
 def stage_points(metrics: dict[str, float]) -> list[tuple[str, float, float]]:

@@ -35,6 +35,7 @@ import torch
 
 from core.interfaces import GoldScorer
 from plugins.lm import MINILM, load_encoder
+from plugins.prompt_format import EXAMPLES
 from plugins.reviews import vader
 
 PROMPTS = Path(__file__).resolve().parent / "data" / "cai_prompts.jsonl"
@@ -117,6 +118,7 @@ class AssistantGold(GoldScorer):
 
     label = "harmlessness (red-team prompts) or helpfulness (helpful prompts)"
     default_prompts = PROMPTS
+    default_examples = EXAMPLES
 
     def __init__(self, encoder: str = MINILM) -> None:
         self.encoder = encoder

@@ -8,10 +8,11 @@ Templates (the policy's prompting baselines, Brown et al. 2020 and Kojima et al.
 - cot: the prompt followed by a request to reason first ("Let's think step by step.", Kojima et al.'s zero-shot
   chain of thought). The response length limit (env.max_new_tokens) bounds the reasoning.
 
-With `chat_template` (the default) the turns go through the tokenizer's chat template where it has one (SmolLM2-
-Instruct does: its system line, "<|im_start|>user ... <|im_end|>", then the assistant's opening), so an instruct model
-answers as it was tuned to; a tokenizer without one, or chat_template=false, gets plain text: the prompt alone
-(plain), or "Question: ... / Answer: ..." blocks for the examples (few_shot).
+With `chat_template` on, the prompt is a conversation's last turn: through the tokenizer's chat template where it
+has one (SmolLM2-Instruct does: its system line, "<|im_start|>user ... <|im_end|>", then the assistant's opening), so
+an instruct model answers as it was tuned to, else as "Human: ... / Assistant:" turns (Bai et al. 2022's layout).
+With it off (text to continue, as the review openings), the model gets plain text: the prompt alone (plain), or
+"Question: ... / Answer: ..." blocks for the examples (few_shot).
 """
 
 from __future__ import annotations
@@ -56,16 +57,18 @@ def conversation(tokenizer: Any, turns: Sequence[str], chat_template: bool = Tru
 
 class PromptFormat:
     """prompt -> the text the model continues, under a template (plain, few_shot, cot); module docstring.
-    tokenizer: the model's (its chat template); examples: the few-shot file (None: the bundled
-    plugins/data/prompt_examples.jsonl), read only for few_shot."""
+    tokenizer: the model's (its chat template); examples: the few-shot file, read only for few_shot (the assistant
+    task's default is plugins/data/prompt_examples.jsonl: EXAMPLES)."""
 
-    def __init__(self, tokenizer: Any, template: Template = "plain", examples: str | None = None,
+    def __init__(self, tokenizer: Any, template: Template = "plain", examples: str | Path | None = None,
                  chat_template: bool = True) -> None:
         if template not in ("plain", "few_shot", "cot"):
             raise ValueError(f"env.template={template!r}: one of plain, few_shot, cot")
+        if template == "few_shot" and examples is None:
+            raise ValueError("env.template=few_shot needs worked examples: env.examples=FILE.jsonl ({\"prompt\", "
+                             "\"response\"} lines; this task bundles none)")
         self.tokenizer, self.template, self.chat, self.examples_path = tokenizer, template, chat_template, examples
-        self.examples = read_examples(examples if examples is not None else EXAMPLES) if template == "few_shot" else []
-        self.uses_chat = bool(chat_template and getattr(tokenizer, "chat_template", None))
+        self.examples = read_examples(examples) if template == "few_shot" and examples is not None else []
 
     def __call__(self, prompts: Sequence[str]) -> list[str]:
         return [self.one(p) for p in prompts]
@@ -73,7 +76,7 @@ class PromptFormat:
     def one(self, prompt: str) -> str:
         if self.template == "cot":
             prompt = f"{prompt}\n{STEP_BY_STEP}"
-        if not self.uses_chat:  # a continuation: the prompt itself, after any examples
+        if not self.chat:  # a continuation: the prompt itself, after any examples
             shots = "".join(f"Question: {p}\nAnswer: {r}\n\n" for p, r in self.examples)
             return f"{shots}Question: {prompt}\nAnswer:" if shots else prompt
         return conversation(self.tokenizer, [t for p, r in self.examples for t in (p, r)] + [prompt])

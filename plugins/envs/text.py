@@ -40,7 +40,7 @@ from core.plots import harmless_vs_helpful
 from core.run import RunContext
 from core.schema import OpenUnit, PositiveInt
 from plugins.lm import SMOLLM2, load_tokenizer
-from plugins.prompt_format import PromptFormat, Template
+from plugins.prompt_format import PromptFormat, Template, conversation
 from plugins.reviews import SentimentGold
 
 log = logging.getLogger(__name__)
@@ -130,9 +130,10 @@ class TextEnv(PromptTask):
         self.tokenizer = load_tokenizer(model)
         if chat_template is None:  # the task's choice: continue text as it is, ask an assistant through its template
             chat_template = not self.scorer.continuation
-        self.format = PromptFormat(self.tokenizer, template, examples, chat_template)
-        if chat_template and not self.format.uses_chat:
-            log.info("env.chat_template: %s has no chat template; prompts go to it as plain text", model)
+        self.format = PromptFormat(self.tokenizer, template, examples if examples is not None
+                                   else self.scorer.default_examples, chat_template)
+        if chat_template and not getattr(self.tokenizer, "chat_template", None):
+            log.info("env.chat_template: %s has no chat template; prompts go to it as Human:/Assistant: turns", model)
         self.train_ids = self.tokenizer(self.present(self.train_prompts), add_special_tokens=False)["input_ids"]
         probe = self._make()
         self._obs_space, self._act_space = probe.observation_space, probe.action_space
@@ -146,6 +147,9 @@ class TextEnv(PromptTask):
     def present(self, prompts: Sequence[str]) -> list[str]:
         """What the model continues: each prompt under env.template, through the chat template (env.chat_template)."""
         return self.format(prompts)
+
+    def conversation(self, turns: Sequence[str]) -> str:
+        return conversation(self.tokenizer, turns, self.format.chat)
 
     def _make(self) -> TokenMDP:
         return TokenMDP(self.train_prompts, [list(x) for x in self.train_ids], self.tokenizer,
@@ -186,7 +190,6 @@ class TextEnv(PromptTask):
             metrics |= self.evaluate_base(self.evaluation_prompts(episodes), seed)
             path = run.output_dir / "plots" / "harmless_vs_helpful.png"
             harmless_vs_helpful(path, [(run.name or "run", metrics)], run.name or run.output_dir.name)
-            run.tracker.log_artifact(path, "plots")
         run.tracker.set_tag("video", "skipped: env=text renders no video (its samples are samples/final.jsonl)")
         return metrics
 
@@ -206,6 +209,8 @@ class TextEnv(PromptTask):
         metrics: dict[str, float] = {}
         baselines: tuple[tuple[str, Template], ...] = (("base_", "plain"), ("few_shot_", "few_shot"))
         for prefix, template in baselines:
+            if template == "few_shot" and self.format.examples_path is None:
+                continue  # (a task with no worked examples has no few-shot baseline)
             present = PromptFormat(self.tokenizer, template, self.format.examples_path, self.format.chat)
             _, texts = base.sample(present(prompts), seed)
             metrics |= self.axes(prompts, texts, prefix)

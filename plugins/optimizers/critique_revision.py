@@ -10,11 +10,12 @@ helpfulness), are the demonstrations of supervised fine-tuning (the nested `sft`
 written first as cai/revisions.jsonl in the SFT format ({"prompt", "response"} lines) and logged as an artifact,
 with every round's critique and revision in cai/critiques.jsonl. Prompts of no kind count as helpful.
 
-The conversation follows the model's chat template where its tokenizer has one (SmolLM2-Instruct does), else the
-paper's "Human: / Assistant:" turns. Where rexlab departs: one round of revision by default (the paper: up to
-four; each round here costs two generations of `max_new_tokens` tokens per prompt on a CPU), responses sampled at
-`temperature` 1 with a seed, short responses (`max_new_tokens`), and a 135M model critiquing itself, which the
-paper found works only at scale: the critiques of a small model are weak, which its results say.
+The conversation follows the task's chat format (env.conversation: the model's chat template where its tokenizer
+has one, as SmolLM2-Instruct's, else the paper's "Human: / Assistant:" turns). Where rexlab departs: one round of
+revision by default (the paper: up to four; each round here costs two generations of `max_new_tokens` tokens per
+prompt on a CPU), responses sampled at `temperature` 1 with a seed, short responses (`max_new_tokens`), `prompts`
+(the first N training prompts of each kind; null: all), and a 135M model critiquing itself, which the paper found
+works only at scale: the critiques of a small model are weak, which its results say.
 """
 
 from __future__ import annotations
@@ -43,7 +44,6 @@ from core.schema import ConfigError, NonNegativeInt, Positive, PositiveInt
 from core.types import Preferences, Trajectory
 from plugins.constitution import Principle, draw, read_constitution
 from plugins.policies.text import TextPolicy, build_text_policy
-from plugins.prompt_format import conversation
 
 log = logging.getLogger(__name__)
 RED_TEAM = "red_team"
@@ -74,15 +74,14 @@ class CritiqueRevision(Optimizer):
                ) -> tuple[list[str], list[dict[str, Any]]]:
         """The final revision of the model's answer to each prompt (put as the task puts it: env.present), and
         every round's record."""
-        tok = policy.tokenizer
         answers = self.generate(policy, env.present(prompts), seed)
         rounds: list[dict[str, Any]] = []
         for r in range(self.revisions):
             principles: list[Principle] = draw(self.principles, len(prompts), rng)
-            asked = [conversation(tok, [p, a, q.critique])
+            asked = [env.conversation([p, a, q.critique])
                      for p, a, q in zip(prompts, answers, principles, strict=True)]
             critiques = self.generate(policy, asked, seed + 2 * r + 1)
-            asked = [conversation(tok, [p, a, q.critique, c, q.revision])
+            asked = [env.conversation([p, a, q.critique, c, q.revision])
                      for p, a, q, c in zip(prompts, answers, principles, critiques, strict=True)]
             revised = self.generate(policy, asked, seed + 2 * r + 2)
             rounds += [{"prompt": p, "round": r + 1, "principle": q.name, "answer": a, "critique": c, "revision": v}

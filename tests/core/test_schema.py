@@ -96,8 +96,8 @@ def test_a_variant_naming_another_plugin_replaces_the_node_keeping_the_users_key
     assert ppo.policy._target_.endswith("TextPPO") and ppo.policy.total_timesteps == 777 and "init" in ppo.policy
     # a ppo.* setting reaches the replaced control learner through its interpolation only: it does not drag the
     # learner into the text source that replaces it, and still reaches the text PPO
-    tuned = compose_config("env=text", "preference=synthetic", "policy=ppo", "ppo.learning_rate=1e-4")
-    assert "learner" not in tuned.preference.rollouts and tuned.policy.hparams.learning_rate == 1e-4
+    tuned = compose_config("env=text", "preference=synthetic", "policy=ppo", "ppo.learning_rate=3e-4")
+    assert "learner" not in tuned.preference.rollouts and tuned.policy.hparams.learning_rate == 3e-4
 
 
 def test_a_new_env_needs_only_its_yaml_file(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ import pytest
 from plugins.assistant_gold import AssistantGold
 from plugins.envs.text import TextEnv
 from plugins.lm import load_causal_lm
-from plugins.prompt_format import STEP_BY_STEP, ExamplesFileError, PromptFormat, conversation
+from plugins.prompt_format import EXAMPLES, STEP_BY_STEP, ExamplesFileError, PromptFormat, conversation
 
 
 class Plain:
@@ -31,16 +31,20 @@ def test_templates_put_the_prompt_last_after_the_examples_or_before_the_cue(tiny
     _, tokenizer = load_causal_lm(tiny_lm_dir)
     examples = tmp_path / "shots.jsonl"
     examples.write_text(json.dumps({"prompt": "What is 2+2?", "response": "Four."}) + "\n")
-    assert PromptFormat(Plain(), "plain")(["Tell me a story"]) == ["Tell me a story"]  # raw continuation
+    assert PromptFormat(Plain(), "plain", chat_template=False)(["Tell me a story"]) == ["Tell me a story"]  # raw text
+    assert PromptFormat(Plain(), "plain").one("Hi") == "Human: Hi\n\nAssistant:"  # a conversation, with no template
     chat = PromptFormat(tokenizer, "plain").one("Tell me a story")
     assert "<|im_start|>user\nTell me a story<|im_end|>" in chat and chat.endswith("<|im_start|>assistant\n")
     assert PromptFormat(tokenizer, "plain", chat_template=False).one("Tell me a story") == "Tell me a story"
     shots = PromptFormat(tokenizer, "few_shot", str(examples)).one("Tell me a story")
     assert shots.index("What is 2+2?") < shots.index("Four.") < shots.index("Tell me a story")
-    assert PromptFormat(Plain(), "few_shot", str(examples)).one("Why?") == "Question: What is 2+2?\nAnswer: Four.\n\n" \
+    assert PromptFormat(Plain(), "few_shot", str(examples), False).one("Why?") == "Question: What is 2+2?\nAnswer: " \
+                                                                                  "Four.\n\n" \
                                                                            "Question: Why?\nAnswer:"
-    assert PromptFormat(Plain(), "cot").one("Why?") == f"Why?\n{STEP_BY_STEP}"
-    assert len(PromptFormat(Plain(), "few_shot").examples) >= 2  # the bundled examples read
+    assert PromptFormat(Plain(), "cot", chat_template=False).one("Why?") == f"Why?\n{STEP_BY_STEP}"
+    assert len(PromptFormat(Plain(), "few_shot", EXAMPLES).examples) >= 2  # the bundled examples read
+    with pytest.raises(ValueError, match="env.examples=FILE"):  # the review task bundles none
+        TextEnv(model=tiny_lm_dir, template="few_shot")
 
 
 def test_the_env_presents_prompts_but_scores_and_splits_the_prompts_themselves(tiny_lm_dir: str) -> None:

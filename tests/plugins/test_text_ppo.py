@@ -130,6 +130,6 @@ def test_target_kl_stops_a_batchs_updates_at_the_trust_regions_edge(char_lm_dir:
     free_kl, free_updates = runs[None]
     kl, updates = runs[0.01]
     assert free_updates == [8.0] * 6 and max(free_kl) > 0.015, runs  # at this step size one batch leaves the region
-    assert min(updates) < 8 and all(u >= 0 for u in updates), runs  # the stop cut some batches short
+    assert min(updates) < 8, runs  # the stop cut some batches short
     # the logged KL (of the minibatch that stopped a batch, or of its last) stays below the free run's
     assert np.median(kl) < np.median(free_kl), runs
