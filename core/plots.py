@@ -111,22 +111,33 @@ def stage_points(metrics: dict[str, float]) -> list[tuple[str, float, float]]:
 
 def harmless_vs_helpful(path: Path, runs: list[tuple[str, dict[str, float]]], title: str) -> None:
     """Where each model of each run (name, its eval/* metrics) lands on helpfulness (x) and harmlessness (y): one
-    marker per model kind (base, few-shot, reference, final), one colour per run, each run's path from base to
-    final drawn as arrows."""
-    fig, ax = plt.subplots(figsize=(7, 4.8))
+    marker per model kind (base, few-shot, reference, final), one colour per run (named in the legend below), each
+    run's path from base to final drawn as arrows."""
+    from matplotlib.lines import Line2D
+
+    several = len(runs) > 1
+    fig, ax = plt.subplots(figsize=(7.5, 5.2 + (0.18 * len(runs) if several else 0)))
     markers = dict(zip((label for _, label in STAGES), ("o", "s", "^", "*"), strict=True))
     colors = plt.get_cmap("tab10" if len(runs) <= 10 else "tab20")
-    for k, (name, metrics) in enumerate(runs):
-        points, color = stage_points(metrics), colors(k % colors.N) if len(runs) > 1 else None
+    for k, (_, metrics) in enumerate(runs):
+        points, color = stage_points(metrics), colors(k % colors.N) if several else "tab:blue"
         for label, x, y in points:
-            ax.scatter([x], [y], marker=markers[label], s=150 if markers[label] == "*" else 60, zorder=4,
-                       color=color, edgecolor="black", linewidth=0.5, label=label if k == 0 else None)
+            ax.scatter([x], [y], marker=markers[label], s=170 if markers[label] == "*" else 60, zorder=4,
+                       color=color, edgecolor="black", linewidth=0.5)
         for (_, x0, y0), (_, x1, y1) in zip(points, points[1:], strict=False):
-            ax.annotate("", (x1, y1), (x0, y0), arrowprops={"arrowstyle": "->", "lw": 1, "alpha": 0.6,
-                                                            "color": color or "tab:gray"})
-        if len(runs) > 1 and points:
-            ax.annotate(name, (points[-1][1], points[-1][2]), fontsize=7, xytext=(4, 4), textcoords="offset points")
+            ax.annotate("", (x1, y1), (x0, y0), arrowprops={"arrowstyle": "->", "lw": 1, "alpha": 0.6, "color": color})
+    kinds = [Line2D([], [], ls="", marker=m, color="tab:gray", markeredgecolor="black",
+                    markersize=8 if m != "*" else 12, label=label) for label, m in markers.items()]
+    ax.legend(handles=kinds, loc="best", fontsize=8)
+    if several:  # the runs' colours, below the axes (their names are long)
+        names = [Line2D([], [], ls="", marker="*", markersize=11, color=colors(k % colors.N),
+                        label=name if len(name) <= 90 else name[:87] + "...") for k, (name, _) in enumerate(runs)]
+        fig.legend(handles=names, loc="lower center", fontsize=7, ncol=1, frameon=False)
     ax.set(xlabel="helpfulness (eval/helpfulness: held-out helpful prompts)",
            ylabel="harmlessness (eval/harmlessness: held-out red-team prompts)",
            title=f"{title}\nharmlessness against helpfulness, base model to final policy")
-    _finish(fig, ax, path, legend_loc="best")
+    ax.grid(alpha=0.3)
+    fig.tight_layout(rect=(0, 0.032 * len(runs) if several else 0, 1, 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

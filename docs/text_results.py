@@ -161,7 +161,7 @@ def main() -> None:
         sys.path.insert(0, str(HERE.parent))
         from core.plots import harmless_vs_helpful
 
-        runs = [(f"{setting} s{seed}", {f"eval/{k}": float(r[k]) for k in CAI_COLUMNS if k.endswith("ness")
+        runs = [(f"seed {seed}: {setting}", {f"eval/{k}": float(r[k]) for k in CAI_COLUMNS if k.endswith("ness")
                                         and r.get(k)}) for (setting, seed), r in sorted(records.items())
                 if setting in settings]
         harmless_vs_helpful(HERE / "img" / f"{args.plot}.png", runs, "experiment=cai, per run")
