@@ -161,10 +161,10 @@ class GoldScorer(ABC):
     def score(self, prompts: Sequence[str], responses: Sequence[str], kinds: Sequence[str | None]) -> np.ndarray:
         """prompts, responses, each prompt's kind (None where the file names none) (N,) -> gold rewards (N,)."""
 
-    def metrics(self, prompts: Sequence[str], responses: Sequence[str], kinds: Sequence[str | None]
-                ) -> dict[str, float]:
-        """Held-out measures beyond the mean gold reward, named without the eval/ prefix (e.g. "harmlessness");
-        none by default."""
+    def metrics(self, responses: Sequence[str], kinds: Sequence[str | None], gold: np.ndarray) -> dict[str, float]:
+        """Held-out measures beyond the mean gold reward, from the responses, their prompts' kinds and their gold
+        rewards (`score`'s, already computed), named without the eval/ prefix (e.g. "harmlessness"); none by
+        default."""
         return {}
 
 

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from core.interfaces import GoldScorer
-from plugins.lm import MINILM, load_encoder
+from plugins.lm import MINILM, load_encoder, mean_pool
 from plugins.prompt_format import EXAMPLES
 from plugins.reviews import vader
 
@@ -92,8 +92,7 @@ class Encoder:
     def __call__(self, texts: Sequence[str]) -> torch.Tensor:
         batch = self.tokenizer(list(texts), padding=True, truncation=True, max_length=256, return_tensors="pt")
         hidden = self.model(**batch).last_hidden_state
-        mask = batch["attention_mask"][..., None].float()
-        return torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0), dim=-1)
+        return torch.nn.functional.normalize(mean_pool(hidden, batch["attention_mask"]), dim=-1)
 
 
 @cache
@@ -133,9 +132,7 @@ class AssistantGold(GoldScorer):
             out[~red] = helpfulness([p for p, _ in keep], [r for _, r in keep], self.encoder)
         return out
 
-    def metrics(self, prompts: Sequence[str], responses: Sequence[str], kinds: Sequence[str | None]
-                ) -> dict[str, float]:
-        gold = self.score(prompts, responses, kinds)
+    def metrics(self, responses: Sequence[str], kinds: Sequence[str | None], gold: np.ndarray) -> dict[str, float]:
         red = np.array([k == RED_TEAM for k in kinds], dtype=bool)
         out = {"refusal_rate": float(np.mean([refuses(r) for r in responses]))}
         if red.any():

@@ -201,6 +201,13 @@ def load_encoder(name_or_path: str = MINILM) -> tuple[PreTrainedModel, PreTraine
     return model, tokenizer
 
 
+def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """hidden (B, L, H), mask (B, L) -> the mean of the unmasked tokens' states (B, H) (a sentence encoder's
+    embedding: the text reward model's pooling, the assistant gold's relevance)."""
+    mask = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+
+
 def tiny_causal_lm(tokenizer_name: str = SMOLLM2, hidden_size: int = 64, num_layers: int = 2,
                    num_heads: int = 4, seed: int = 0) -> tuple[LlamaForCausalLM, PreTrainedTokenizerBase]:
     """A randomly initialised Llama-family causal LM (SmolLM2's family: tied embeddings, RMSNorm,

@@ -193,9 +193,10 @@ class TextEnv(PromptTask):
         run.tracker.set_tag("video", "skipped: env=text renders no video (its samples are samples/final.jsonl)")
         return metrics
 
-    def axes(self, prompts: Sequence[str], responses: Sequence[str], prefix: str) -> dict[str, float]:
-        """The gold scorer's held-out measures (e.g. harmlessness, helpfulness), as eval/<prefix><name>."""
-        found = self.scorer.metrics(prompts, responses, [self.prompt_kinds.get(p) for p in prompts])
+    def axes(self, prompts: Sequence[str], responses: Sequence[str], gold: np.ndarray, prefix: str) -> dict[str, float]:
+        """The gold scorer's held-out measures (e.g. harmlessness, helpfulness) of responses whose gold rewards
+        `gold` are, as eval/<prefix><name>."""
+        found = self.scorer.metrics(responses, [self.prompt_kinds.get(p) for p in prompts], gold)
         return {f"eval/{prefix}{name}": value for name, value in found.items()}
 
     @torch.no_grad()
@@ -213,7 +214,7 @@ class TextEnv(PromptTask):
                 continue  # (a task with no worked examples has no few-shot baseline)
             present = PromptFormat(self.tokenizer, template, self.format.examples_path, self.format.chat)
             _, texts = base.sample(present(prompts), seed)
-            metrics |= self.axes(prompts, texts, prefix)
+            metrics |= self.axes(prompts, texts, self.gold(prompts, texts), prefix)
         return metrics
 
     @torch.no_grad()
@@ -240,7 +241,7 @@ class TextEnv(PromptTask):
                    "eval/kl_to_ref": float(kl.mean()), "eval/win_rate_vs_ref": float(wins.mean()),
                    "eval/ref_gold_reward_mean": float(ref_gold.mean()),
                    "eval/response_tokens": float(np.mean(policy.response_lengths(rollout)))}
-        metrics |= self.axes(prompts, texts, "") | self.axes(prompts, ref_texts, "ref_")
+        metrics |= self.axes(prompts, texts, gold, "") | self.axes(prompts, ref_texts, ref_gold, "ref_")
         learned = None
         if not reward.uses_env_reward:
             learned = reward.score(prompts, texts)

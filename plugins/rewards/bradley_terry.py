@@ -53,7 +53,7 @@ from core.interfaces import Capabilities, Environment, RewardModel
 from core.run import ResumableLoader, RunContext
 from core.schema import ConfigError, LearningRate, NonNegative, PositiveInt, UnitOpen
 from core.types import Preferences, Response
-from plugins.lm import MINILM, load_encoder
+from plugins.lm import MINILM, load_encoder, mean_pool
 from plugins.response_pairs import Group, preference_groups, split_by_prompt, tidy
 from plugins.rewards.ranking_losses import (
     bradley_terry_loss,
@@ -67,12 +67,6 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
-
-
-def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """hidden (B, L, H), mask (B, L) -> the mean of the unmasked tokens' states (B, H)."""
-    mask = mask.unsqueeze(-1).to(hidden.dtype)
-    return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
 
 
 def last_token_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

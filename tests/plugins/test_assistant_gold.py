@@ -43,6 +43,7 @@ def test_the_gold_of_an_answer_follows_its_prompts_kind(tiny_lm_dir: str, tmp_pa
     egg = "Put the egg in boiling water for nine minutes, then cool it in cold water."
     gold = env.gold(["Insult my coworker.", "How do I boil an egg?"], [HOSTILE[0], egg])
     assert np.allclose(gold, [harmlessness([HOSTILE[0]])[0], helpfulness(["How do I boil an egg?"], [egg])[0]])
-    metrics = AssistantGold().metrics(["Insult my coworker.", "How do I boil an egg?"], [POLITE[0], egg],
-                                      ["red_team", "helpful"])
+    kinds = ["red_team", "helpful"]
+    scored = AssistantGold().score(["Insult my coworker.", "How do I boil an egg?"], [POLITE[0], egg], kinds)
+    metrics = AssistantGold().metrics([POLITE[0], egg], kinds, scored)
     assert set(metrics) == {"harmlessness", "helpfulness", "refusal_rate"} and metrics["harmlessness"] > 0.5

@@ -13,7 +13,7 @@ from core.run import RunContext
 from core.schema import ConfigError
 from core.tracking import NullTracker
 from core.types import Preferences, Response, Trajectory
-from plugins.lm import tiny_encoder
+from plugins.lm import mean_pool, tiny_encoder
 from plugins.preferences.file import read_preference_file
 from plugins.response_pairs import preference_groups, tidy
 from plugins.rewards.bradley_terry import (
@@ -21,7 +21,6 @@ from plugins.rewards.bradley_terry import (
     bradley_terry_loss,
     collate,
     last_token_pool,
-    mean_pool,
 )
 from plugins.rewards.trex import TREX
 from tests.plugins.text_data import sentiment_records, write_jsonl
