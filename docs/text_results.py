@@ -75,7 +75,7 @@ def jobs(sweep: Path) -> list[dict[str, str]]:
     return [{"status": "FINISHED", "output_dir": str(sweep), "overrides": " ".join(overrides)}]
 
 
-def sweep_records(sweep: Path) -> list[dict[str, str]]:
+def sweep_records(sweep: Path, columns: dict[str, tuple[str, str]]) -> list[dict[str, str]]:
     """A record per finished job of the sweep folder (or the run folder)."""
     out = []
     for job in jobs(sweep):
@@ -89,7 +89,7 @@ def sweep_records(sweep: Path) -> list[dict[str, str]]:
                                                                      "policy.init=")))
         record = {"setting": setting, "seed": seed, "date": datetime.fromtimestamp(folder.stat().st_mtime).isoformat(
             " ", "minutes"), "folder": str(folder), "minutes": f"{minutes(folder):.1f}"}
-        for field, (metric, _) in COLUMNS.items():
+        for field, (metric, _) in columns.items():
             if metric and metric in metrics:
                 record[field] = f"{metrics[metric]:.4g}"
         held = metrics.get("reward/val_pair_accuracy", metrics.get("dpo/accuracy"))
@@ -107,9 +107,10 @@ def read_records(path: Path) -> dict[tuple[str, str], dict[str, str]]:
         return {(r["setting"], r["seed"]): r for r in csv.DictReader(f)}
 
 
-def write_records(records: dict[tuple[str, str], dict[str, str]], path: Path) -> None:
+def write_records(records: dict[tuple[str, str], dict[str, str]], path: Path, columns: dict[str, tuple[str, str]]
+                  ) -> None:
     with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, ("setting", "seed", *COLUMNS, "date", "folder"), extrasaction="ignore",
+        writer = csv.DictWriter(f, ("setting", "seed", *columns, "date", "folder"), extrasaction="ignore",
                                 lineterminator="\n")
         writer.writeheader()
         writer.writerows(records[k] for k in sorted(records))
@@ -122,19 +123,20 @@ def cell(values: list[str]) -> str:
     return f"{numbers.mean():.3f} ± {numbers.std():.3f}" if len(numbers) > 1 else f"{numbers[0]:.3f}"
 
 
-def tables(records: dict[tuple[str, str], dict[str, str]], settings: list[str]) -> str:
+def tables(records: dict[tuple[str, str], dict[str, str]], settings: list[str], columns: dict[str, tuple[str, str]]
+           ) -> str:
     """Mean ± std over seeds per setting, then every seed's row."""
-    head = ["setting", "seeds", *(heading for _, heading in COLUMNS.values())]
+    head = ["setting", "seeds", *(heading for _, heading in columns.values())]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for setting in settings:
         rows = [r for (s, _), r in sorted(records.items()) if s == setting]
         lines.append(f"| `{setting}` | {len(rows)} | " + " | ".join(cell([r.get(f, '') for r in rows])
-                                                                   for f in COLUMNS) + " |")
-    seeds = ["", "| setting | seed | " + " | ".join(h for _, h in COLUMNS.values()) + " |", "|" + "---|" * len(head)]
+                                                                   for f in columns) + " |")
+    seeds = ["", "| setting | seed | " + " | ".join(h for _, h in columns.values()) + " |", "|" + "---|" * len(head)]
     for setting in settings:
         for (s, seed), r in sorted(records.items()):
             if s == setting:
-                seeds.append(f"| `{setting}` | {seed} | " + " | ".join(r.get(f, "") or "-" for f in COLUMNS) + " |")
+                seeds.append(f"| `{setting}` | {seed} | " + " | ".join(r.get(f, "") or "-" for f in columns) + " |")
     return "\n".join(lines + seeds) + "\n"
 
 
@@ -144,19 +146,16 @@ def main() -> None:
     parser.add_argument("--plot", help="draw the settings' runs on one gold-against-KL plot, docs/img/<PLOT>.png")
     parser.add_argument("--cai", action="store_true", help="experiment=cai runs: harmlessness and helpfulness columns")
     args = parser.parse_args()
-    global COLUMNS
-    path = HERE / "results_cai_runs.csv" if args.cai else RECORDS
-    if args.cai:
-        COLUMNS = CAI_COLUMNS
+    path, columns = (HERE / "results_cai_runs.csv", CAI_COLUMNS) if args.cai else (RECORDS, COLUMNS)
     records = read_records(path)
     settings: list[str] = []
     for sweep in args.sweeps:
-        for record in sweep_records(sweep):
+        for record in sweep_records(sweep, columns):
             records[(record["setting"], record["seed"])] = record
             if record["setting"] not in settings:
                 settings.append(record["setting"])
-    write_records(records, path)
-    print(tables(records, settings))
+    write_records(records, path, columns)
+    print(tables(records, settings, columns))
     if args.plot and args.cai:
         sys.path.insert(0, str(HERE.parent))
         from core.plots import harmless_vs_helpful
