@@ -15,16 +15,21 @@ about once, and the run goes on without it.
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import logging
 import math
 import os
+import tempfile
 import time
+from contextlib import contextmanager
 import urllib.error
 import urllib.request
 import warnings
 from collections import defaultdict
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any, Literal
 
 from omegaconf import DictConfig, OmegaConf
@@ -171,6 +176,25 @@ def probe_server(uri: str, timeout: float = PROBE_TIMEOUT) -> None:
             f"tracking.uri=sqlite:///mlflow.db (or tracking=none)") from None
 
 
+@contextmanager
+def store_setup_lock(uri: str) -> Iterator[None]:
+    """For a sqlite store: hold a lock, shared by the processes of this machine, while MLflow opens the store.
+    Its first opening creates the tables, and two runs started together on a new mlflow.db would both try (the
+    second failed with "table ... already exists"). The lock is a file in the temp folder named after the
+    store's path, so the user's folder gets none."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    store = os.path.abspath(uri[len("sqlite:///"):].split("?", 1)[0])
+    name = f"rexlab-mlflow-{hashlib.sha1(store.encode()).hexdigest()[:16]}.lock"
+    with open(Path(tempfile.gettempdir()) / name, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 class MlflowTracker(Tracker):
     """Logs to MLflow at `uri` (sqlite by default, or an `mlflow server`) under `experiment_name`; fields are
     documented in conf/tracking/mlflow.yaml."""
@@ -221,7 +245,8 @@ class MlflowTracker(Tracker):
             # Imported lazily: mlflow is slow to import and tracking=none should not pay for it.
             from mlflow.tracking import MlflowClient
 
-            self._client = self._call(MlflowClient, tracking_uri=self.uri)
+            with store_setup_lock(self.uri):
+                self._client = self._call(MlflowClient, tracking_uri=self.uri)
         return self._client
 
     def _send(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> None:
