@@ -27,6 +27,7 @@ from core.schema import PositiveInt
 
 log = logging.getLogger(__name__)
 
+SMALL_NETS = frozenset({"vector"})  # observation kinds whose plugins build small MLPs: one torch thread on the CPU
 Precision = Literal["32", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64"]
 
 
@@ -106,19 +107,23 @@ class Devices:
                     "precision": self.precision}
         return {"accelerator": self.accelerator, "devices": 1, "precision": self.precision}
 
-    def thread_count(self) -> int:
-        """The torch threads of this process: `threads`, else OMP_NUM_THREADS, else this job's share of the
-        cores (its affinity, divided by the sweep's parallel jobs and by the run's processes on the CPU)."""
+    def thread_count(self, observations: str | None = None) -> int:
+        """The torch threads of this process: `threads`, else OMP_NUM_THREADS, else one where the run's
+        observations are vectors on the CPU (its nets are small MLPs: a second thread bought 4% of wall time and
+        cost 70% more CPU time on the default run, and threads spin against other jobs), else this job's share of
+        the cores (its affinity, divided by the sweep's parallel jobs and by the run's processes on the CPU)."""
         if self.threads is not None:
             return int(self.threads)
         if os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:
             return int(os.environ["OMP_NUM_THREADS"])
+        if observations in SMALL_NETS and self.on_cpu:
+            return 1
         processes = self.devices if self.distributed and self.on_cpu else 1
         return max(1, available_cores() // (parallel_jobs() * processes))
 
-    def apply_threads(self) -> int:
-        """Set torch's threads in this process (thread_count); returns the number."""
-        n = self.thread_count()
+    def apply_threads(self, observations: str | None = None) -> int:
+        """Set torch's threads in this process (thread_count for the run's observation kind); returns the number."""
+        n = self.thread_count(observations)
         if torch.get_num_threads() != n:
             torch.set_num_threads(n)
         log.info("torch threads: %d (of %d cores this job may use)", n, available_cores())

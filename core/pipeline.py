@@ -249,7 +249,6 @@ def run_pipeline(cfg: DictConfig, choices: dict[str, str], output_dir: Path, swe
         raise IncompatibleError(f"trainer={choices.get('trainer')} in a multirun: Lightning starts a data-parallel "
                                 f"run's other processes by running the command line again, which would start the "
                                 f"whole sweep again; run each job alone (without -m)")
-    devices.apply_threads()
     tracker: Tracker = build(cfg.tracking)
 
     # A sweep's job whose folder holds a run already is a requeued one (submitit, after a preemption): it goes on.
@@ -278,6 +277,7 @@ def run_pipeline(cfg: DictConfig, choices: dict[str, str], output_dir: Path, swe
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # what deterministic cuBLAS needs
     torch.use_deterministic_algorithms(True, warn_only=not devices.on_cpu)
     env: Environment = build(cfg.env)
+    devices.apply_threads(env.observation_kind)
     text = env.observation_kind == "text"
     check_compatible(env, choices, classes, used)
     check_nested(cfg, env, choices, (*used[1:], *(f"recipe.{k}" for k in cfg.recipe)))

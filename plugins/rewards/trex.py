@@ -74,15 +74,13 @@ def sample_snippet_pairs(prefs: Preferences, n: int, min_len: int, max_len: int,
     pairs = prefs.pairs if pairs is None else pairs
     if len(pairs) == 0:
         raise ValueError("T-REX needs at least one preference pair; the ranking has none")
-    lengths = np.array([len(t) for t in prefs.items])
-    out = np.zeros((n, 5), dtype=np.int64)
-    for k in range(n):
-        i, j = pairs[rng.integers(len(pairs))]
-        length = min(int(rng.integers(min_len, max_len + 1)), lengths[i], lengths[j])
-        start_j = int(rng.integers(0, min(lengths[i], lengths[j]) - length + 1))
-        start_i = int(rng.integers(start_j, lengths[i] - length + 1))
-        out[k] = (i, start_i, j, start_j, length)
-    return out
+    lengths = np.array([len(t) for t in prefs.items], dtype=np.int64)
+    i, j = pairs[rng.integers(len(pairs), size=n)].T
+    shorter = np.minimum(lengths[i], lengths[j])
+    length = np.minimum(rng.integers(min_len, max_len + 1, size=n), shorter)
+    start_j = rng.integers(0, shorter - length + 1)
+    start_i = rng.integers(start_j, lengths[i] - length + 1)
+    return np.stack([i, start_i, j, start_j, length], 1).astype(np.int64)
 
 
 class SnippetPairs(Dataset):
@@ -156,11 +154,10 @@ def ranking_loss(returns: torch.Tensor) -> torch.Tensor:
 class TREXModule(L.LightningModule):
     """Trains all ensemble members at once; each member has its own snippet pairs."""
 
-    def __init__(self, net: RewardNet, train: SnippetPairs, val: SnippetPairs, items: list[Trajectory],
-                 obs: list[torch.Tensor], lr: float, weight_decay: float, batch_size: int) -> None:
+    def __init__(self, net: RewardNet, train: SnippetPairs, val: SnippetPairs, lr: float, weight_decay: float,
+                 batch_size: int) -> None:
         super().__init__()
         self.net, self.train_set, self.val_set = net, train, val
-        self.items, self.obs = items, obs
         self.lr, self.weight_decay, self.batch_size = lr, weight_decay, batch_size
         self.val_correct: list[torch.Tensor] = []
         self.val_losses: list[torch.Tensor] = []
@@ -176,7 +173,8 @@ class TREXModule(L.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = ranking_loss(snippet_returns(self.net, *batch))
-        self.log("reward/train_loss", loss / self.net.members, prog_bar=True, sync_dist=True)
+        if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:  # only the steps the logger writes:
+            self.log("reward/train_loss", loss / self.net.members, prog_bar=True, sync_dist=True)  # 6% of the time
         return loss
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
@@ -191,16 +189,6 @@ class TREXModule(L.LightningModule):
         self.log("reward/val_pair_accuracy", accuracy, prog_bar=True)
         self.val_correct.clear()
         self.val_losses.clear()
-        true = np.array([t.true_return for t in self.items])
-        correlation = pearson(standardised_returns(self.net, self.obs), true)
-        if math.isfinite(correlation):
-            self.log("reward/return_correlation", correlation)
-
-
-def standardise(net: RewardNet, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-member mean and std (M, 1) of the reward over `states` (S, D)."""
-    r = ensemble_rewards(net, states)
-    return r.mean(1, keepdim=True), r.std(1, keepdim=True).clamp_min(1e-8)
 
 
 SQUASHES = {"none": lambda z: z, "tanh": torch.tanh, "sigmoid": torch.sigmoid}  # reward.squash
@@ -219,11 +207,16 @@ def standardised_reward(net: RewardNet, x: torch.Tensor, mean: torch.Tensor, std
 
 
 @torch.no_grad()
-def standardised_returns(net: RewardNet, obs: list[torch.Tensor], squash: str = "none") -> np.ndarray:
-    """Learned return of each trajectory (obs (T_k, D) each) under the ensemble's standardised
-    reward: standardising fixes the per-step offset, which would otherwise scale with length."""
-    mean, std = standardise(net, torch.cat(obs))
-    return np.array([standardised_reward(net, o, mean, std, squash).sum().item() for o in obs])
+def standardised_returns(net: RewardNet, obs: list[torch.Tensor],
+                         squash: str = "none") -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+    """One pass of every member over the states of all trajectories (obs (T_k, D) each, T_k >= 1): each
+    trajectory's learned return under the ensemble's standardised reward (standardising fixes the per-step
+    offset, which would otherwise scale with length), and the per-member mean and std (M, 1) it used."""
+    r = ensemble_rewards(net, torch.cat(obs))  # (M, S)
+    mean, std = r.mean(1, keepdim=True), r.std(1, keepdim=True).clamp_min(1e-8)
+    z = SQUASHES[squash]((r - mean) / std).mean(0).double().numpy()
+    starts = np.cumsum([0] + [len(o) for o in obs[:-1]])
+    return np.add.reduceat(z, starts), mean, std
 
 
 class TREX(RewardModel):
@@ -276,8 +269,7 @@ class TREX(RewardModel):
         max_len = int(max(train_specs[..., 4].max(), val_specs[:, 4].max()))
         train = SnippetPairs(obs, train_specs, max_len, self.frame_stride)
         val = SnippetPairs(obs, np.repeat(val_specs[None], self.ensemble_size, 0), max_len, self.frame_stride)
-        module = TREXModule(self.net, train, val, prefs.items, obs, self.lr, self.weight_decay,
-                            run.per_process(self.batch_size))
+        module = TREXModule(self.net, train, val, self.lr, self.weight_decay, run.per_process(self.batch_size))
         steps_per_epoch = math.ceil(self.num_pairs / self.batch_size)
         trainer = run.trainer(max_steps=steps_per_epoch * self.epochs, max_epochs=self.epochs,
                               unit=f"T-REX batches of {self.batch_size} snippet pair(s) x {self.ensemble_size} net(s)",
@@ -285,11 +277,13 @@ class TREX(RewardModel):
                               log_every_n_steps=max(1, min(50, steps_per_epoch // 20)), num_sanity_val_steps=0)
         run.fit(trainer, module)
         self.steps += trainer.global_step + 1
-        self.mean, self.std = standardise(self.net, torch.cat(obs))
+        learned, self.mean, self.std = standardised_returns(self.net, obs, self.squash)
+        correlation = pearson(learned, np.array([t.true_return for t in prefs.items]))
+        if math.isfinite(correlation):
+            run.log({"reward/return_correlation": correlation}, trainer.global_step)
         if self.fit_offset:
             lengths = np.array([len(t) for t in prefs.items], dtype=np.float64)
-            self.offset = fit_step_offset(standardised_returns(self.net, obs, self.squash), lengths, prefs.pairs,
-                                          self.offset_l2)
+            self.offset = fit_step_offset(learned, lengths, prefs.pairs, self.offset_l2)
             by_length = np.mean(lengths[prefs.pairs[:, 0]] > lengths[prefs.pairs[:, 1]]) if len(prefs.pairs) else 0.0
             run.log({"reward/step_offset": self.offset, "reward/length_pair_accuracy": float(by_length)}, 0)
         if len(prefs.pairs) >= 2:  # (else the one pair is trained on and "held out" both)

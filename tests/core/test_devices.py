@@ -21,7 +21,7 @@ def test_only_a_stage_s_data_parallel_fit_gets_the_strategy_and_every_device() -
     assert Devices(accelerator="cpu").deterministic is True and Devices(accelerator="gpu").deterministic == "warn"
 
 
-def test_threads_come_from_the_setting_then_omp_num_threads_then_the_job_s_share_of_the_cores(
+def test_threads_come_from_the_setting_then_omp_num_threads_then_one_for_vectors_else_the_job_s_share(
         monkeypatch: pytest.MonkeyPatch) -> None:
     assert Devices(threads=3).thread_count() == 3
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
@@ -30,6 +30,9 @@ def test_threads_come_from_the_setting_then_omp_num_threads_then_the_job_s_share
     assert Devices().thread_count() == available_cores()  # one job alone
     assert Devices(accelerator="cpu", devices=2, strategy="ddp").thread_count() == max(1, available_cores() // 2)
     assert Devices(accelerator="gpu", devices=2, strategy="ddp").thread_count() == available_cores()
+    assert Devices().thread_count("vector") == 1  # small MLPs: one thread, so jobs side by side do not spin
+    assert Devices().thread_count("image") == Devices().thread_count("text") == available_cores()
+    assert Devices(threads=2).thread_count("vector") == 2  # the user's setting wins
 
 
 def test_the_trainer_options_compose_with_their_documented_defaults() -> None:
