@@ -316,13 +316,21 @@ class EnsembleReward(Protocol):
 
 class IterationCallback(ABC):
     """Called by an optimizer after each rollout with (policy, env steps so far, recent mean true
-    return); returning True stops the optimisation. Callbacks with state (the demonstrations collected
+    return); returning True stops the optimisation. An optimizer with rollouts (PPO) also hands them to
+    `experience` where the callback wants them. Callbacks with state (the demonstrations collected
     so far, the preferences asked so far) give it to the optimizer's checkpoints through
     state_dict/load_state_dict, so a resumed run continues with it."""
+
+    wants_experience: bool = False  # whether the optimizer hands it each rollout (`experience`; costs a copy)
 
     @abstractmethod
     def __call__(self, policy: Policy, env_steps: int, recent_return: float) -> bool:
         """React to the current policy; True stops the optimisation."""
+
+    def experience(self, trajectories: list[Trajectory]) -> None:  # noqa: B027 (most callbacks want none)
+        """Where `wants_experience`: the rollout the optimizer just trained on, before `__call__`, each
+        environment's steps split at episode ends. info["terminated"] says whether a piece ended for real;
+        one cut by a time limit or by the end of the rollout has it False."""
 
     def waits(self, env_steps: int) -> bool:
         """Whether a call at `env_steps` would wait for something outside the run (people labeling on the

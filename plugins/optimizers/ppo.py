@@ -83,6 +83,22 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, dones: torch.Tensor, last_v
     return adv, adv + values.detach()
 
 
+def rollout_pieces(obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray, ends: np.ndarray,
+                   terminated: np.ndarray) -> list[Trajectory]:
+    """A rollout of T steps in N environments (obs (T, N, ...), actions (T, N, ...), true rewards, episode ends
+    and real ends (T, N)) as trajectories: each environment's steps split after each episode end;
+    info["terminated"] is True only for a piece that ended for real."""
+    pieces = []
+    for i in range(obs.shape[1]):
+        cuts = np.flatnonzero(ends[:, i]) + 1
+        for start, stop in zip(np.r_[0, cuts], np.r_[cuts, len(obs)], strict=True):
+            if stop > start:
+                pieces.append(Trajectory(obs[start:stop, i].copy(), actions[start:stop, i].copy(),
+                                         rewards[start:stop, i].copy(),
+                                         {"terminated": bool(terminated[stop - 1, i])}))
+    return pieces
+
+
 def clipped_policy_loss(logprob: torch.Tensor, old_logprob: torch.Tensor, advantages: torch.Tensor,
                         clip_coef: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """PPO's clipped surrogate objective (to minimise), with approx KL and clip fraction.
@@ -216,6 +232,7 @@ class PPOModule(L.LightningModule):
         obs = torch.zeros((T, N, int(np.prod(obs_shape))), device=device)
         actions, logprobs, values = [], torch.zeros(T, N, device=device), torch.zeros(T, N, device=device)
         true_rewards, dones = np.zeros((T, N), dtype=np.float32), np.zeros((T, N), dtype=bool)
+        terminal, env_actions = np.zeros((T, N), dtype=bool), []  # for a callback that wants the experience
         bootstrap = torch.zeros(T, N, device=device)  # value of the final observation of truncated episodes
         t0 = time.time()
         for t in range(T):
@@ -226,8 +243,9 @@ class PPOModule(L.LightningModule):
             obs[t] = x
             actions.append(action)
             logprobs[t] = dist.log_prob(action)
-            self.next_obs, reward, terminated, truncated, infos = self.envs.step(policy.to_env_action(action))
-            true_rewards[t], dones[t] = reward, terminated | truncated
+            env_actions.append(policy.to_env_action(action))
+            self.next_obs, reward, terminated, truncated, infos = self.envs.step(env_actions[-1])
+            true_rewards[t], dones[t], terminal[t] = reward, terminated | truncated, terminated
             cut = truncated & ~terminated  # a time limit, not a real end: bootstrap from the final state
             if cut.any():
                 final = np.stack([infos["final_obs"][i] for i in np.flatnonzero(cut)])
@@ -236,6 +254,8 @@ class PPOModule(L.LightningModule):
         learned = None if self.reward_model.uses_env_reward else (
             self.reward_model.reward(raw_obs.reshape(T * N, *raw_obs.shape[2:])).reshape(T, N))
         self._track_episodes(true_rewards, learned, dones)
+        if self.callback is not None and self.callback.wants_experience:
+            self.callback.experience(rollout_pieces(raw_obs, np.stack(env_actions), true_rewards, dones, terminal))
         if learned is not None and not np.isfinite(learned).all():
             self.run.non_finite("the learned reward of the rollout's states", self.env_steps)
         rewards = true_rewards if learned is None else learned

@@ -30,8 +30,11 @@ into a real episode end is cut there. rexlab departs from the paper here: it kee
 episode ends, where the paper removed them (replacing them with a penalty the agent had to learn);
 a cut fragment earns no reward after the end, which is that penalty in the labeler's eyes. Also
 rexlab's, not the paper's: labels arrive in rounds with a refit each (the paper trains the reward
-asynchronously, continuously); queried fragments come from extra rollouts of the current policy
-(not from the optimizer's own experience, and not counted in its env steps).
+asynchronously, continuously). As in the paper, the queried fragments come from the policy's own recent
+experience: the optimizer's latest rollouts (PPO hands them over), the last ones holding enough steps for
+the round. Only where they are too few (the labels before RL, which a random policy's rollouts answer, or
+a round larger than the rollouts) are rollouts made for the queries; their env steps are not in the
+optimizer's budget and are counted in preference/extra_env_steps.
 """
 
 from __future__ import annotations
@@ -119,17 +122,23 @@ class OnlinePreferences(PreferenceSource):
             raise ValueError("preference.labeler=human needs the labeling page's settings, preference.web")
         self.fps = fps
         self.asked = 0  # labeler=human: queries asked so far (a skip gives no pair, a tie two)
+        self.extra_steps = 0  # env steps rolled out for queries alone (not the optimizer's own experience)
 
     # ------------------------------------------------------------ asking the labeler
     def query(self, policy: Policy, prefs: Preferences, count: int, env: Environment, run: RunContext,
-              rng: np.random.Generator, reward: RewardModel | None, step: int) -> None:
-        """Roll out `policy`, choose `count` fragment pairs, label them and append them to `prefs`."""
-        trajs: list[Trajectory] = []
-        seed = run.seed + 50_000 + 1_000 * len(prefs.pairs)
+              rng: np.random.Generator, reward: RewardModel | None, step: int,
+              experience: list[Trajectory] | None = None) -> None:
+        """Choose `count` fragment pairs of `policy`'s behaviour, label them and append them to `prefs`: from
+        `experience` (the optimizer's recent rollouts) where it holds enough steps, else from rollouts of
+        `policy` made for the purpose (their env steps are counted: preference/extra_env_steps)."""
         need = 2 * count * self.fragment_length  # steps enough for every asked fragment to be disjoint
-        while (have := sum(len(t) for t in trajs)) < need:
-            episodes = 16 if not trajs else int(np.clip(math.ceil((need - have) * len(trajs) / have), 16, 512))
-            trajs += rollout(policy, env, episodes, seed=seed + len(trajs))
+        trajs = list(experience or [])
+        if sum(len(t) for t in trajs) < need:
+            trajs, seed = [], run.seed + 50_000 + 1_000 * len(prefs.pairs)
+            while (have := sum(len(t) for t in trajs)) < need:
+                episodes = 16 if not trajs else int(np.clip(math.ceil((need - have) * len(trajs) / have), 16, 512))
+                trajs += rollout(policy, env, episodes, seed=seed + len(trajs))
+            self.extra_steps += sum(len(t) for t in trajs)
         n_candidates = count * (self.candidates if reward is not None and self.selection == "disagreement" else 1)
         fragments = cut_fragments(trajs, 2 * n_candidates, self.fragment_length, rng)
         chosen = np.arange(count)
@@ -165,7 +174,8 @@ class OnlinePreferences(PreferenceSource):
         prefs.pairs = np.concatenate([prefs.pairs, pairs])
         run.log({"preference/queries": len(prefs.pairs), "preference/informative_queries": self.informative,
                  "preference/label_agreement": self.correct / max(self.informative, 1),
-                 "preference/rollout_return": float(np.mean([t.true_return for t in trajs]))}, step)
+                 "preference/extra_env_steps": self.extra_steps,
+                 "preference/fragment_return": float(np.mean([t.true_return for t in items]))}, step)
 
     def ask_people(self, items: list[Trajectory], trajs: list[Trajectory], prefs: Preferences, env: Environment,
                    run: RunContext, step: int) -> None:
@@ -187,10 +197,10 @@ class OnlinePreferences(PreferenceSource):
         prefs.demos.extend(trajs)
         pairs = preference_pairs(queries, labels, prefs.items)
         prefs.pairs = np.concatenate([prefs.pairs, np.array(pairs, dtype=np.int64).reshape(-1, 2)])
-        rollout_return = float(np.mean([t.true_return for t in trajs]))
         self.asked += len(queries)
-        run.log(self.web.metrics(queries) | {"preference/queries": self.asked,
-                                             "preference/rollout_return": rollout_return}, step)
+        run.log(self.web.metrics(queries) | {"preference/queries": self.asked, "preference/extra_env_steps":
+                                             self.extra_steps, "preference/fragment_return":
+                                             float(np.mean([t.true_return for t in items]))}, step)
 
     # ------------------------------------------------------------ the PreferenceSource interface
     def gather(self, env: Environment, run: RunContext, policy: SavedPolicy | None = None) -> Preferences:
@@ -202,12 +212,12 @@ class OnlinePreferences(PreferenceSource):
 
     def state_dict(self) -> dict[str, Any]:
         return {"rng": self.rng.bit_generator.state, "scales": self.scales, "correct": self.correct,
-                "informative": self.informative, "asked": self.asked}
+                "informative": self.informative, "asked": self.asked, "extra_steps": self.extra_steps}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.rng.bit_generator.state = state["rng"]
         self.scales, self.correct, self.informative = state["scales"], state["correct"], state["informative"]
-        self.asked = state.get("asked", 0)
+        self.asked, self.extra_steps = state.get("asked", 0), state.get("extra_steps", 0)
 
     def online_callback(self, prefs: Preferences, reward: RewardModel, env: Environment,
                         run: RunContext) -> IterationCallback | None:
@@ -225,10 +235,22 @@ class QueryRounds(IterationCallback):
     of the current policy's fragments and refit the reward. Its state (the rounds done, every label so
     far, the labeler's random stream and noise, the reward's nets) goes into the optimizer's checkpoints."""
 
+    wants_experience = True
+
     def __init__(self, source: OnlinePreferences, prefs: Preferences, reward: RewardModel, env: Environment,
                  run: RunContext) -> None:
         self.source, self.prefs, self.reward, self.env, self.run = source, prefs, reward, env, run
         self.next_round = 0
+        self.recent: list[Trajectory] = []  # the optimizer's latest rollouts, enough steps for the largest round
+        self.keep = 2 * int(source.round_labels.max(initial=0)) * source.fragment_length
+
+    def experience(self, trajectories: list[Trajectory]) -> None:
+        if self.next_round >= len(self.source.round_steps):
+            self.recent = []  # no round is left to ask
+            return
+        self.recent += trajectories
+        while len(self.recent) > 1 and sum(len(t) for t in self.recent[1:]) >= self.keep:
+            self.recent.pop(0)
 
     def __call__(self, policy: Policy, env_steps: int, recent_return: float) -> bool:
         source, due = self.source, 0
@@ -236,7 +258,8 @@ class QueryRounds(IterationCallback):
             due += int(source.round_labels[self.next_round])
             self.next_round += 1
         if due > 0:
-            source.query(policy, self.prefs, due, self.env, self.run, source.rng, self.reward, env_steps)
+            source.query(policy, self.prefs, due, self.env, self.run, source.rng, self.reward, env_steps,
+                         self.recent)
             self.reward.fit(self.prefs, self.env, self.run.nested())
         return False
 
@@ -248,11 +271,11 @@ class QueryRounds(IterationCallback):
     def state_dict(self) -> dict[str, Any]:
         prefs = self.prefs
         return {"next_round": self.next_round, "items": prefs.items, "pairs": prefs.pairs, "demos": prefs.demos,
-                "source": self.source.state_dict(), "reward": self.reward.state_dict()}
+                "recent": self.recent, "source": self.source.state_dict(), "reward": self.reward.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         prefs = self.prefs
-        self.next_round = int(state["next_round"])
+        self.next_round, self.recent = int(state["next_round"]), list(state.get("recent", []))
         prefs.items[:], prefs.pairs = state["items"], state["pairs"]
         assert prefs.demonstrations is not None
         prefs.demonstrations[:] = state["demos"]

@@ -100,6 +100,10 @@ def test_online_preferences_teach_cartpole(tmp_path: Path) -> None:
     assert [q for _, q in queries] == [40, 40 + source.round_labels[0], 40 + source.round_labels[:2].sum(), 160]
     assert len(prefs.pairs) == 160 and len(prefs.items) == 320
     assert all(step >= planned for (step, _), planned in zip(queries[1:], source.round_steps, strict=True))
+    # the rounds cut their fragments from PPO's own latest rollouts: only the labels before RL rolled out for
+    # themselves (a random policy's episodes), so the extra env steps stop growing after them
+    extra = [v for _, v in tracker.history["preference/extra_env_steps"]]
+    assert extra[0] >= 2 * 40 * 25 and extra == [extra[0]] * 4, extra
     # disagreement selection asks pairs the ensemble disagrees on more than the candidates at large
     asked = [v for _, v in tracker.history["preference/disagreement_asked"]]
     pool = [v for _, v in tracker.history["preference/disagreement_candidates"]]

@@ -16,7 +16,7 @@ from core.run import Checkpointing, RunContext
 from core.tracking import NullTracker
 from plugins.envs.atari import AtariEnv
 from plugins.envs.gym import GymEnv
-from plugins.optimizers.ppo import PPO, ReturnScaler, clipped_policy_loss, gae, value_loss
+from plugins.optimizers.ppo import PPO, ReturnScaler, clipped_policy_loss, gae, rollout_pieces, value_loss
 from plugins.policies.mlp import RunningMeanStd
 from tests.conftest import compose_config
 
@@ -32,6 +32,19 @@ def test_gae_matches_a_hand_computation() -> None:
     expected = torch.tensor([[d0 + 0.45 * d1], [d1], [d2]])
     torch.testing.assert_close(adv, expected)
     torch.testing.assert_close(ret, expected + values)
+
+
+def test_a_rollout_splits_into_pieces_at_episode_ends_with_real_ends_marked() -> None:
+    T, N = 6, 2
+    obs = np.arange(T * N * 3, dtype=np.float32).reshape(T, N, 3)
+    rewards = np.arange(T * N, dtype=np.float32).reshape(T, N)
+    ends, terminated = np.zeros((T, N), bool), np.zeros((T, N), bool)
+    ends[1, 0] = terminated[1, 0] = True  # env 0: a real end after step 1
+    ends[3, 1] = True  # env 1: a time limit after step 3
+    ends[5, 0] = terminated[5, 0] = True  # env 0: a real end at the rollout's last step
+    pieces = rollout_pieces(obs, np.zeros((T, N), np.int64), rewards, ends, terminated)
+    assert [(len(p), p.info["terminated"]) for p in pieces] == [(2, True), (4, True), (4, False), (2, False)]
+    assert np.array_equal(pieces[1].obs, obs[2:6, 0]) and np.array_equal(pieces[3].rewards, rewards[4:, 1])
 
 
 def test_clipped_surrogate_stops_the_gradient_outside_the_clip_range() -> None:
