@@ -45,6 +45,8 @@ lint: setup
 
 # bench: the `bench` extra (the peers stable-baselines3 and trl; never runtime dependencies), then the benchmarks
 bench: setup $(VENV)/.bench-installed
+	OMP_NUM_THREADS=1 $(BIN)/python bench/reward_throughput.py
+	$(BIN)/python bench/ppo_vs_sb3.py --env cartpole
 	$(BIN)/python bench/ppo_vs_sb3.py --env halfcheetah
 	$(BIN)/python bench/ppo_vs_sb3.py --env atari
 	OMP_NUM_THREADS=1 $(BIN)/python bench/text_reward_throughput.py

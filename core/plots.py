@@ -36,9 +36,9 @@ def reward_extrapolation(path: Path, demo_true: np.ndarray, demo_learned: np.nda
                alpha=0.8)
     ax.axvline(np.max(demo_true), color="tab:blue", ls="--", lw=1, label="best demonstration")
     r = pearson(np.concatenate([demo_true, policy_true]), np.concatenate([demo_learned, policy_learned]))
-    ax.set(xlabel="true return", ylabel="learned return (standardised reward, summed)",
-           title=f"{title}\nreward extrapolation, Pearson r = {r:.3f} over demonstrations and final-policy rollouts "
-                 f"(eval/return_correlation)")
+    ax.set(xlabel="true return", ylabel="learned return (standardised reward, summed)")
+    ax.set_title(f"{title}\nreward extrapolation: Pearson r = {r:.3f} over demonstrations and\nfinal-policy "
+                 f"rollouts (eval/return_correlation)", fontsize=10)
     _finish(fig, ax, path, legend_loc="best")
 
 
