@@ -33,8 +33,8 @@ happens to learn (it pays every step, which on Seaquest taught the policy to wai
 `alive_bonus` adds a constant every step (an option of the T-REX and D-REX MuJoCo code).
 
 Refits (online preferences, plugins/preferences/online.py): with `warm_start`, calling `fit` again
-with more preferences continues training the existing nets (a fresh Adam state, new snippet pairs
-from all pairs so far) instead of starting afresh; whether a preference pair is held out for
+with more preferences continues training the existing nets (a fresh Adam state, `refit_pairs` new snippet
+pairs per member from all pairs so far) instead of starting afresh; whether a preference pair is held out for
 validation depends only on its index, so a pair trained on in one fit is never validated on in a
 later one. `member_returns` gives each member's learned return, for query selection by ensemble
 disagreement.
@@ -234,7 +234,8 @@ class TREX(RewardModel):
                  weight_decay: NonNegative = 0.0, batch_size: PositiveInt = 1, epochs: PositiveInt = 1,
                  val_fraction: UnitOpen = 0.1, val_checks_per_epoch: PositiveInt = 4, fit_offset: bool = True,
                  offset_l2: Positive = 1e-2, frame_stride: PositiveInt = 1, warm_start: bool = True,
-                 squash: Literal["none", "tanh", "sigmoid"] = "none", alive_bonus: float = 0.0) -> None:
+                 squash: Literal["none", "tanh", "sigmoid"] = "none", alive_bonus: float = 0.0,
+                 refit_pairs: PositiveInt | None = None) -> None:
         if not min_snippet_length <= max_snippet_length:
             raise ConfigError(f"reward.min_snippet_length ({min_snippet_length}) must be <= "
                              f"reward.max_snippet_length ({max_snippet_length})")
@@ -245,6 +246,7 @@ class TREX(RewardModel):
         self.fit_offset, self.offset_l2, self.warm_start = fit_offset, offset_l2, warm_start
         self.frame_stride = frame_stride
         self.squash, self.alive_bonus = squash, float(alive_bonus)
+        self.refit_pairs = refit_pairs
         self.net: RewardNet | None = None
         self.shape: tuple[int, ...] = ()  # one observation's shape, and the mask over frames the nets were built for
         self.mask: np.ndarray | None = None
@@ -262,15 +264,17 @@ class TREX(RewardModel):
             run = run.shifted(run.step_offset + self.steps)
         rng = np.random.default_rng([run.seed, self.fits])
         train_pairs, val_pairs = self.split(prefs.pairs, np.random.default_rng(run.seed))
-        train_specs = np.stack([sample_snippet_pairs(prefs, self.num_pairs, self.min_len, self.max_len, rng,
+        refit = self.fits > 0 and self.warm_start and self.refit_pairs is not None
+        num_pairs = self.refit_pairs if refit else self.num_pairs
+        train_specs = np.stack([sample_snippet_pairs(prefs, num_pairs, self.min_len, self.max_len, rng,
                                                      train_pairs) for _ in range(self.ensemble_size)])
-        n_val = max(1, int(round(self.num_pairs * self.val_fraction)))
+        n_val = max(1, int(round(num_pairs * self.val_fraction)))
         val_specs = sample_snippet_pairs(prefs, n_val, self.min_len, self.max_len, rng, val_pairs)
         max_len = int(max(train_specs[..., 4].max(), val_specs[:, 4].max()))
         train = SnippetPairs(obs, train_specs, max_len, self.frame_stride)
         val = SnippetPairs(obs, np.repeat(val_specs[None], self.ensemble_size, 0), max_len, self.frame_stride)
         module = TREXModule(self.net, train, val, self.lr, self.weight_decay, run.per_process(self.batch_size))
-        steps_per_epoch = math.ceil(self.num_pairs / self.batch_size)
+        steps_per_epoch = math.ceil(num_pairs / self.batch_size)
         trainer = run.trainer(max_steps=steps_per_epoch * self.epochs, max_epochs=self.epochs,
                               unit=f"T-REX batches of {self.batch_size} snippet pair(s) x {self.ensemble_size} net(s)",
                               val_check_interval=max(1, steps_per_epoch // self.val_checks),

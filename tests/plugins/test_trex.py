@@ -96,7 +96,7 @@ def test_step_offset_is_small_when_learned_returns_already_explain_the_ranking()
 def test_a_second_fit_warm_starts_and_never_validates_on_pairs_trained_before(tmp_path: Path) -> None:
     L.seed_everything(0)
     model = TREX(num_pairs=200, min_snippet_length=10, max_snippet_length=30, ensemble_size=2,
-                 hidden_sizes=(16,), lr=1e-3, batch_size=8, val_fraction=0.2)
+                 hidden_sizes=(16,), lr=1e-3, batch_size=8, val_fraction=0.2, refit_pairs=48)
     pairs = np.array([[i, j] for i in range(40) for j in range(i)])
     train, val = model.split(pairs[:300], np.random.default_rng(0))
     train_all, val_all = model.split(pairs, np.random.default_rng(0))
@@ -107,13 +107,14 @@ def test_a_second_fit_warm_starts_and_never_validates_on_pairs_trained_before(tm
     env = GymEnv("CartPole-v1", "cartpole")
     prefs = ranked_set()
     model.fit(prefs, env, run)
-    net = model.net
+    net, first = model.net, model.steps
     trained = [p.detach().clone() for p in net.parameters()]
     model.fit(prefs, env, run)
     assert model.net is net and any(not torch.equal(a, b) for a, b in zip(trained, net.parameters(), strict=True))
+    assert (first, model.steps - first) == (200 // 8 + 1, 48 // 8 + 1)  # the refit: refit_pairs pairs (+1: the gap)
     model.warm_start = False
     model.fit(prefs, env, run)
-    assert model.net is not net
+    assert model.net is not net and model.steps - first == 48 // 8 + 200 // 8 + 2  # a fresh fit: num_pairs again
     # the members' returns average to the model's learned return
     members = model.member_returns(prefs.items[:3])
     assert members.shape == (2, 3)
