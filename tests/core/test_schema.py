@@ -63,7 +63,7 @@ def test_an_unknown_preset_is_refused_with_the_presets() -> None:
 
 def test_variants_apply_below_presets_and_the_command_line() -> None:
     debug = compose_config("experiment=debug")
-    assert debug.reward.num_pairs == 200 and "variants" not in debug.reward
+    assert debug.reward.num_pairs == 400 and "variants" not in debug.reward
     assert compose_config("experiment=debug", "reward.num_pairs=7").reward.num_pairs == 7
     # a key the user sets counts for the keys that read it: policy.total_timesteps is ${ppo.total_timesteps}
     assert compose_config("experiment=debug", "ppo.total_timesteps=777").policy.total_timesteps == 777
