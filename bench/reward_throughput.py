@@ -13,10 +13,11 @@ observations of the env's shape stand in for demonstrations (the computation doe
   held-out pairs, its checkpoints every `checkpoint.every` steps, the standardisation and the step-offset fit;
   no tracker and no progress bar), wall time from the call to its return: pairs per member trained / s;
 - plain loop: the same computation in a bare `for` loop: the same ensemble (`reward_ensemble`), snippet pairs
-  (drawn by `sample_snippet_pairs` and cut by `SnippetPairs`), batch size and loss (`ranking_loss(snippet_returns(...))`) stepped by Adam, the held-out
-  pairs evaluated as often as the stage validates, and one pass over every demonstration state at the end
-  (the stage's standardisation). No Lightning, logging, checkpoints or metrics: the fastest this computation
-  runs here, so the ratio is the stage's overhead alone.
+  (drawn by `sample_snippet_pairs` and cut by `SnippetPairs`), batch size and loss
+  (`ranking_loss(snippet_returns(...))`) stepped by Adam, the held-out pairs evaluated as often as the stage
+  validates, and one pass over every demonstration state at the end (the stage's standardisation). No
+  Lightning, logging, checkpoints or metrics: the fastest this computation runs here, so the ratio is the
+  stage's overhead alone.
 
 The ratio rexlab / plain is the stage's efficiency; it should stay >= 0.8 (`--min-ratio`: exit 1 below
 it). Each side runs `--repeats` times alternately and its best time counts (the least disturbed by other
@@ -162,7 +163,8 @@ def main() -> int:
             worst = min(worst, ours / theirs)
             rows.append(f"| {what} | {ours:.1f} | {theirs:.1f} | {ours / theirs:.2f} | {seconds} |")
             print(rows[-1], flush=True)
-    print("\n| workload | rexlab pairs/s | plain loop pairs/s | ratio | seconds (rexlab / plain) |\n|---|---|---|---|---|")
+    print("\n| workload | rexlab pairs/s | plain loop pairs/s | ratio | seconds (rexlab / plain) |")
+    print("|---|---|---|---|---|")
     print("\n".join(rows))
     if worst < args.min_ratio:
         print(f"FAIL: rexlab's stage runs at {worst:.2f} of the plain loop (< {args.min_ratio})")

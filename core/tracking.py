@@ -23,13 +23,13 @@ import math
 import os
 import tempfile
 import time
-from contextlib import contextmanager
 import urllib.error
 import urllib.request
 import warnings
 from collections import defaultdict
-from pathlib import Path
 from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Literal
 
 from omegaconf import DictConfig, OmegaConf
