@@ -17,10 +17,14 @@ from matplotlib.figure import Figure  # noqa: E402
 from core.evaluation import pearson  # noqa: E402
 
 
-def _finish(fig: Figure, ax: Axes, path: Path, legend_loc: Literal["best", "upper left"]) -> None:
+def _finish(fig: Figure, ax: Axes, path: Path, legend_loc: Literal["best", "upper left"] | None,
+            rect: tuple[float, float, float, float] = (0, 0, 1, 1)) -> None:
+    """Grid, the legend of the labelled artists at `legend_loc` (None: the caller drew its own), the layout
+    within `rect` (of the figure), then save to `path` and close."""
     ax.grid(alpha=0.3)
-    ax.legend(loc=legend_loc, fontsize=8)
-    fig.tight_layout()
+    if legend_loc is not None:
+        ax.legend(loc=legend_loc, fontsize=8)
+    fig.tight_layout(rect=rect)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -136,8 +140,4 @@ def harmless_vs_helpful(path: Path, runs: list[tuple[str, dict[str, float]]], ti
     ax.set(xlabel="helpfulness (eval/helpfulness: held-out helpful prompts)",
            ylabel="harmlessness (eval/harmlessness: held-out red-team prompts)",
            title=f"{title}\nharmlessness against helpfulness, base model to final policy")
-    ax.grid(alpha=0.3)
-    fig.tight_layout(rect=(0, 0.032 * len(runs) if several else 0, 1, 1))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _finish(fig, ax, path, legend_loc=None, rect=(0, 0.032 * len(runs) if several else 0, 1, 1))
