@@ -55,6 +55,17 @@ def test_every_preset_composes_and_its_parts_instantiate(preset: str) -> None:
 def test_presets_hold_the_papers_settings() -> None:
     trex = compose_config("experiment=trex_mujoco")
     assert (trex.reward.ensemble_size, trex.reward.num_pairs, trex.reward.max_snippet_length) == (5, 10000, 40)
+    # the reference code's training: 10000 Adam steps of 64 pairs at 1e-4, L2 0.01 (gradient 0.02 w), ReLU
+    assert (trex.reward.batch_size, trex.reward.lr, trex.reward.weight_decay, trex.reward.activation) == (
+        64, 1e-4, 0.02, "relu")
+    assert trex.reward.epochs * trex.reward.num_pairs // trex.reward.batch_size == 10000
+    drex = compose_config("experiment=drex_mujoco").reward
+    assert (drex.ensemble_size, drex.num_pairs, drex.max_snippet_length) == (3, 5000, 50)
+    assert round(drex.epochs * drex.num_pairs / drex.batch_size, -2) == 1000
+    for preset in ("trex_mujoco_cpu", "drex_mujoco_cpu"):  # the settings docs/results.md measured
+        small = compose_config(f"experiment={preset}").reward
+        assert (small.batch_size, small.lr, small.epochs, small.weight_decay, small.activation,
+                small.max_snippet_length) == (16, 2e-4, 1, 0.0, "leaky_relu", 40)
     atari = compose_config("experiment=trex_atari")
     assert atari.env.game == "Breakout" and atari.reward.lr == 5e-5 and atari.reward.num_pairs == 6000
     assert (atari.reward.min_snippet_length, atari.reward.max_snippet_length) == (50, 100)
