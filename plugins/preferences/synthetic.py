@@ -95,7 +95,8 @@ class SyntheticLabeler(PreferenceSource):
         first_wins, correct = label(first, second, annotator_scales(scale, factors, self.noise), self.noise, rng)
         index = np.arange(len(items) // 2) * 2
         pairs = np.where(first_wins[:, None], np.stack([index, index + 1], 1), np.stack([index + 1, index], 1))
-        metrics: dict[str, float] = {"preference/queries": len(items) // 2}
+        metrics: dict[str, float] = {"preference/queries": len(items) // 2,
+                                     "preference/informative_queries": int(informative.sum())}
         if informative.any():  # (all ties: no scale was calibrated and no agreement can be measured)
             metrics["preference/noise_scale"] = scale
             metrics["preference/label_agreement"] = float(np.mean(correct[informative]))

@@ -60,6 +60,7 @@ def test_measured_agreement_is_near_the_target(tmp_path: Path, noise: str, annot
     winners, losers = returns[prefs.pairs[:, 0]], returns[prefs.pairs[:, 1]]
     informative = winners != losers
     assert abs(np.mean(winners[informative] > losers[informative]) - target) < 0.03
+    assert 0 < tracker.last("preference/informative_queries") == informative.sum() < 2000  # 50-step windows tie
     assert all(len(t) <= 50 for t in prefs.items)
 
 
