@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import yaml
-from text_results import jobs, last_values, minutes  # docs/ is the script's folder, so its sibling imports
+from text_results import cell, final_metrics, jobs, minutes  # docs/ is the script's folder, so its sibling imports
 
 HERE = Path(__file__).parent
 RECORDS = HERE / "results_label_noise.csv"
@@ -37,10 +36,10 @@ def title(study: str) -> str:
 
 def record(job: dict[str, str]) -> dict[str, str] | None:
     """The study's figures of one finished job, or None (not finished, or no final evaluation)."""
-    folder = Path(job["output_dir"])
-    if job["status"] != "FINISHED" or not (folder / "checkpoints" / "evaluation.json").is_file():
+    finished = final_metrics(job)
+    if finished is None:
         return None
-    metrics = last_values(folder) | json.loads((folder / "checkpoints" / "evaluation.json").read_text())
+    folder, metrics = finished
     overrides = dict(o.split("=", 1) for o in job["overrides"].split())
     text = "eval/gold_reward_mean" in metrics
     study = "text" if text else yaml.safe_load((folder / "config.yaml").read_text())["env"]["name"]
@@ -86,20 +85,15 @@ def values(rows: list[dict[str, str]], field: str) -> np.ndarray:
     return np.array([float(r[field]) for r in rows if r.get(field)])
 
 
-def cell(rows: list[dict[str, str]], field: str) -> str:
-    v = values(rows, field)
-    return "-" if not len(v) else f"{v.mean():.3f} ± {v.std():.3f}" if len(v) > 1 else f"{v[0]:.3f}"
-
-
 def table(records: dict[tuple[str, ...], dict[str, str]]) -> str:
     head = ("study", "method", "annotators", "target agreement", "seeds", "label agreement",
             "held-out accuracy (true order)", "final true return / gold", "best demo / reference's gold", "KL, nats",
             "wall minutes")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for (study, method, annotators, agreement), rows in settings(records).items():
-        lines.append(f"| {study} | {method} | {annotators} | {agreement} | {len(rows)} | " + " | ".join(
-            cell(rows, f) for f in ("label_agreement", "true_accuracy", "outcome", "reference", "kl", "minutes"))
-                     + " |")
+        cells = [cell([r.get(f, "") for r in rows])
+                 for f in ("label_agreement", "true_accuracy", "outcome", "reference", "kl", "minutes")]
+        lines.append(f"| {study} | {method} | {annotators} | {agreement} | {len(rows)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

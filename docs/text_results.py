@@ -75,14 +75,23 @@ def jobs(sweep: Path) -> list[dict[str, str]]:
     return [{"status": "FINISHED", "output_dir": str(sweep), "overrides": " ".join(overrides)}]
 
 
+def final_metrics(job: dict[str, str]) -> tuple[Path, dict[str, float]] | None:
+    """A finished job's folder and its metrics (each one's last value, and the final evaluation's), or None where
+    the job did not finish or has no final evaluation."""
+    folder = Path(job["output_dir"])
+    if job["status"] != "FINISHED" or not (folder / "checkpoints" / "evaluation.json").is_file():
+        return None
+    return folder, last_values(folder) | json.loads((folder / "checkpoints" / "evaluation.json").read_text())
+
+
 def sweep_records(sweep: Path, columns: dict[str, tuple[str, str]]) -> list[dict[str, str]]:
     """A record per finished job of the sweep folder (or the run folder)."""
     out = []
     for job in jobs(sweep):
-        folder = Path(job["output_dir"])
-        if job["status"] != "FINISHED" or not (folder / "checkpoints" / "evaluation.json").is_file():
+        finished = final_metrics(job)
+        if finished is None:
             continue
-        metrics = last_values(folder) | json.loads((folder / "checkpoints" / "evaluation.json").read_text())
+        folder, metrics = finished
         overrides = job["overrides"].split()
         seed = next((o.split("=", 1)[1] for o in overrides if o.startswith("seed=")), "0")
         setting = " ".join(o for o in overrides if not o.startswith(("seed=", "progress=", "tracking", "hydra",
