@@ -68,6 +68,16 @@ def test_a_malformed_preference_file_is_named_by_file_and_line(in_tmp: Path, cha
         run_pipeline(cfg, choices, in_tmp / "out")
 
 
+def test_env_text_brings_its_reward_model_unless_one_is_named() -> None:
+    cfg, choices = compose_with_choices("env=text", "policy=grpo", "preference=synthetic")
+    assert choices["reward"] == "bradley_terry" and cfg.reward._target_.endswith("BradleyTerry")
+    assert cfg.reward.model == "sentence-transformers/all-MiniLM-L6-v2"  # conf/reward/bradley_terry.yaml's own
+    assert compose_with_choices("env=text", "reward=trex")[1]["reward"] == "trex"  # named: kept (and refused)
+    assert compose_with_choices("env=text", "reward=true")[1]["reward"] == "true"
+    assert compose_with_choices("env=cartpole")[1]["reward"] == "trex"  # the default elsewhere
+    assert compose_with_choices("experiment=cai")[1]["reward"] == "bradley_terry"
+
+
 def test_ppo_with_env_text_is_the_text_ppo_with_its_own_settings() -> None:
     cfg = compose_config("env=text", "reward=bradley_terry", "preference=synthetic", "policy=ppo")
     assert cfg.policy._target_ == "plugins.optimizers.text_ppo.TextPPO"
