@@ -16,6 +16,8 @@ the LM directly (a LanguagePolicy's `sample`), which is the same MDP with a KV c
 Prompts are split once (a fixed shuffle, whatever the run's seed) into training prompts and
 `held_out_fraction` held-out prompts, on which `evaluate` samples the policy and the reference: gold
 reward, KL to the reference, win rate against the reference's responses, and samples/<tag>.jsonl.
+The split holds out that share of each prompt kind (experiment=cai: 20 of the 80 red-team prompts and
+20 of the 80 helpful ones), so every kind's held-out measure rests on its share of prompts.
 """
 
 from __future__ import annotations
@@ -107,6 +109,21 @@ class TokenMDP(gym.Env):
         return self._obs(), reward, terminated, truncated, info
 
 
+def held_out_split(kinds: Sequence[str | None], fraction: float) -> np.ndarray:
+    """Which prompts are held out (bool (N,)), from the prompts' kinds in file order: `fraction` of each kind
+    (rounded; at least one of a kind with two or more prompts, never all of one), taken in one fixed shuffle of all the prompts,
+    the same for every run. Prompts of one kind (the review task) get the plain split of that shuffle."""
+    order = np.random.default_rng(0).permutation(len(kinds))
+    held = np.zeros(len(kinds), dtype=bool)
+    for kind in dict.fromkeys(kinds):
+        members = [k for k in order if kinds[k] == kind]
+        n_held = min(len(members) - 1, max(1, round(len(members) * fraction)))
+        held[members[:n_held]] = True
+    if not held.any() and len(kinds) >= 2:  # (kinds of one prompt each)
+        held[order[0]] = True
+    return held
+
+
 class TextEnv(PromptTask):
     """env=text. Fields documented in conf/env/text.yaml."""
 
@@ -123,10 +140,9 @@ class TextEnv(PromptTask):
         read = read_prompts(prompts if prompts is not None else self.scorer.default_prompts)
         all_prompts = [prompt for prompt, _ in read]
         self.prompt_kinds = {prompt: kind for prompt, kind in read if kind is not None}
-        order = np.random.default_rng(0).permutation(len(all_prompts))
-        n_held = min(len(all_prompts) - 1, max(1, round(len(all_prompts) * held_out_fraction)))
-        self.eval_prompts = [all_prompts[k] for k in sorted(order[:n_held])]
-        self.train_prompts = [all_prompts[k] for k in sorted(order[n_held:])]
+        held = held_out_split([kind for _, kind in read], held_out_fraction)
+        self.eval_prompts = [p for p, h in zip(all_prompts, held, strict=True) if h]
+        self.train_prompts = [p for p, h in zip(all_prompts, held, strict=True) if not h]
         self.tokenizer = load_tokenizer(model)
         if chat_template is None:  # the task's choice: continue text as it is, ask an assistant through its template
             chat_template = not self.scorer.continuation

@@ -15,7 +15,7 @@ from core.interfaces import TOKEN_PAD as PAD_OBS
 from core.interfaces import EnvReward
 from core.run import RunContext
 from core.tracking import NullTracker
-from plugins.envs.text import PromptFileError, TextEnv, read_prompts
+from plugins.envs.text import PromptFileError, TextEnv, held_out_split, read_prompts
 from plugins.lm import load_causal_lm
 from plugins.policies.text import LoraSettings, TextPolicy
 from plugins.reviews import PROMPTS as BUNDLED_PROMPTS
@@ -38,6 +38,16 @@ def test_bundled_prompts_split_into_training_and_held_out_the_same_way_every_tim
     assert not set(env.eval_prompts) & set(env.train_prompts)
     assert TextEnv(model=tiny_lm_dir).eval_prompts == env.eval_prompts
     assert (env.observation_kind, env.action_kind) == ("text", "token")
+
+
+def test_each_prompt_kind_is_held_out_in_its_share() -> None:
+    kinds = ["red_team"] * 80 + ["helpful"] * 80
+    held = held_out_split(kinds, 0.25)
+    assert held[:80].sum() == 20 and held[80:].sum() == 20  # a plain shuffle of all 160 held out 14 and 26
+    mixed = ["a"] * 7 + ["b"] * 2 + ["c"]
+    held = held_out_split(mixed, 0.25)
+    assert (held[:7].sum(), held[7:9].sum(), held[9]) == (2, 1, False)  # never a whole kind: c trains
+    assert held_out_split([None] * 3, 0.25).sum() == 1 and held_out_split(["x", "y"], 0.25).sum() == 1
 
 
 def test_a_malformed_prompt_file_names_file_line_and_field(tmp_path: Path) -> None:
