@@ -111,8 +111,8 @@ class TokenMDP(gym.Env):
 
 def held_out_split(kinds: Sequence[str | None], fraction: float) -> np.ndarray:
     """Which prompts are held out (bool (N,)), from the prompts' kinds in file order: `fraction` of each kind
-    (rounded; at least one of a kind with two or more prompts, never all of one), taken in one fixed shuffle of all the prompts,
-    the same for every run. Prompts of one kind (the review task) get the plain split of that shuffle."""
+    (rounded; at least one of a kind with two or more prompts, never all of one), taken in one fixed shuffle of all
+    the prompts, the same for every run. Prompts of one kind (the review task) get the plain split of that shuffle."""
     order = np.random.default_rng(0).permutation(len(kinds))
     held = np.zeros(len(kinds), dtype=bool)
     for kind in dict.fromkeys(kinds):

@@ -37,7 +37,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -49,7 +49,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from core.evaluation import true_order_accuracy
-from core.interfaces import Capabilities, Environment, RewardModel
+from core.interfaces import Capabilities, Environment, PromptTask, RewardModel
 from core.run import ResumableLoader, RunContext
 from core.schema import ConfigError, LearningRate, NonNegative, PositiveInt, UnitOpen
 from core.types import Preferences, Response
@@ -295,7 +295,8 @@ class BradleyTerry(RewardModel):
                  pairs_trained // self.epochs, self.epochs, self.pairs_per_second)
         if val:  # the final model's, whatever step the last validation fell on
             run.log(self.evaluate(val, collate_fn), trainer.global_step)
-            self.log_true_accuracy(val, prefs.items, encodings, run, trainer.global_step)
+            kinds = env.prompt_kinds if isinstance(env, PromptTask) else {}
+            self.log_true_accuracy(val, prefs.items, encodings, run, trainer.global_step, kinds)
         self.offset = float(np.mean(self._raw_scores(encodings)))
 
     @torch.no_grad()
@@ -312,10 +313,12 @@ class BradleyTerry(RewardModel):
         return {"reward/val_loss": loss, "reward/val_pair_accuracy": accuracy}
 
     def log_true_accuracy(self, val: list[Group], items: Sequence[Response], encodings: list[list[int]],
-                          run: RunContext, step: int) -> None:
+                          run: RunContext, step: int, kinds: Mapping[str, str]) -> None:
         """reward/val_true_pair_accuracy: how often the learned reward orders the held-out pairs' responses as their
         gold rewards do (pairs of equal gold left out), whatever their (perhaps noisy) labels say; where the
-        responses have a gold reward (simulated labels)."""
+        responses have a gold reward (simulated labels). With prompts of several kinds (`kinds`: prompt -> kind,
+        e.g. red_team and helpful), also reward/val_true_pair_accuracy/<kind> over each kind's pairs: one model
+        may learn one axis and miss the other."""
         used = np.unique(np.concatenate([members for members, _ in val]))
         if any(items[int(k)].gold is None for k in used):
             return
@@ -323,9 +326,15 @@ class BradleyTerry(RewardModel):
         learned[used] = self._raw_scores([encodings[int(k)] for k in used])
         gold[used] = [items[int(k)].gold for k in used]
         pairs = np.concatenate([members[local] for members, local in val])
-        accuracy = true_order_accuracy(pairs, learned, gold)
-        if math.isfinite(accuracy):
-            run.log({"reward/val_true_pair_accuracy": accuracy}, step)
+        pair_kinds = np.array([kinds.get(items[int(i)].prompt, "") for i in pairs[:, 0]])
+        found = {"reward/val_true_pair_accuracy": true_order_accuracy(pairs, learned, gold)}
+        if len(set(pair_kinds) - {""}) > 1:
+            for kind in sorted(set(pair_kinds) - {""}):
+                found[f"reward/val_true_pair_accuracy/{kind}"] = true_order_accuracy(
+                    pairs[pair_kinds == kind], learned, gold)
+        finite = {name: value for name, value in found.items() if math.isfinite(value)}
+        if finite:
+            run.log(finite, step)
 
     def split(self, groups: list[Group], items: Sequence[Response],
               rng: np.random.Generator) -> tuple[list[Group], list[Group]]:

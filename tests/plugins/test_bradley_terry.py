@@ -23,7 +23,7 @@ from plugins.rewards.bradley_terry import (
     last_token_pool,
 )
 from plugins.rewards.trex import TREX
-from tests.plugins.text_data import sentiment_records, write_jsonl
+from tests.plugins.text_data import review, sentiment_records, write_jsonl
 
 
 def test_loss_is_minus_log_sigmoid_of_the_score_gap_and_weights_average_groups() -> None:
@@ -163,3 +163,30 @@ def test_soft_labels_reach_the_loss_the_reward_model_learns_the_labels_odds_not_
     assert abs(gaps[True] - np.log(0.7 / 0.3)) < 0.2 and gaps[False] > 3.0, gaps  # (measured: 0.854 and 13.6)
     with pytest.raises(ConfigError, match="reward.soft_labels=true is the pairwise loss"):
         BradleyTerry(soft_labels=True, loss="plackett_luce")
+
+
+def test_held_out_accuracy_is_also_given_per_prompt_kind(tmp_path: Path, tiny_backbone: str, tiny_lm_dir: str) -> None:
+    """Two kinds of prompt whose gold disagrees: on "asks" prompts the gold is sentiment, on "dares" prompts its
+    opposite, while every label follows sentiment. The model learns sentiment, so it orders the held-out "asks"
+    pairs as their gold does and the "dares" pairs the other way; the pooled accuracy averages that away."""
+    from plugins.envs.text import TextEnv
+
+    rng = np.random.default_rng(0)
+    kinds = {f"asks {k}": "asks" for k in range(20)} | {f"dares {k}": "dares" for k in range(20)}
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": p, "kind": kind} for p, kind in kinds.items()])
+    items, pairs = [], []
+    for prompt, kind in kinds.items():
+        for _ in range(3):
+            good, bad = review(rng, 2, 0), review(rng, 0, 2)
+            sign = 1.0 if kind == "asks" else -1.0
+            items += [Response(prompt, good, gold=sign), Response(prompt, bad, gold=-sign)]
+            pairs.append((len(items) - 2, len(items) - 1))
+    env = TextEnv(model=tiny_lm_dir, prompts=str(prompts), max_new_tokens=4)
+    tracker = NullTracker()
+    L.seed_everything(0)
+    BradleyTerry(model=tiny_backbone, lr=1e-3, batch_size=4, epochs=4, val_fraction=0.3).fit(
+        Preferences(items, np.array(pairs)), env, RunContext(0, tmp_path, tracker, progress=False))
+    final = {name: values[-1][1] for name, values in tracker.history.items()}
+    assert final["reward/val_true_pair_accuracy/asks"] >= 0.8, final
+    assert final["reward/val_true_pair_accuracy/dares"] <= 0.2, final
+    assert 0.2 < final["reward/val_true_pair_accuracy"] < 0.8, final
