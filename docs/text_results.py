@@ -10,8 +10,9 @@ per setting (the job's overrides without the seed) the mean and std over seeds o
 reference's, the KL to the reference, the win rate, the held-out accuracies and the wall time. With --plot NAME,
 docs/img/NAME.png puts every run of those settings on one gold-against-KL picture (core/plots.py's sweep plot, as a
 sweep's parent run gets). With --cai, the records are docs/results_cai_runs.csv and the columns each model's
-harmlessness and helpfulness (base, few-shot base, SL-CAI, RL-CAI), the judge's agreement and position bias, RL's KL
-and the refusal rate; --plot draws the runs on the harmlessness-against-helpfulness picture.
+harmlessness and helpfulness (base, few-shot base, SL-CAI, RL-CAI), the judge's agreement and position bias, the
+preference model's held-out accuracy on each prompt kind's pairs, RL's KL and the refusal rate; --plot draws the
+runs on the harmlessness-against-helpfulness picture.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ CAI_COLUMNS = {
        for axis in ("harmlessness", "helpfulness")},
     "refusal_rate": ("eval/refusal_rate", "RL-CAI refusals"),
     "judge_agreement": ("preference/judge_agreement", "label agreement with gold"),
+    **{f"pm_{kind}": (f"reward/val_true_pair_accuracy/{kind}", f"PM on held-out {name} pairs (gold order)")
+       for kind, name in (("red_team", "red-team"), ("helpful", "helpful"))},
     "position_bias": ("preference/position_bias", "judge position bias"),
     "kl": ("eval/kl_to_ref", "KL to SL-CAI, nats"),
     "clipfrac": ("train/clipfrac", "last clipfrac"),

@@ -1,0 +1,99 @@
+"""Does a preference model learn each axis of the assistant task from gold-labelled pairs? (docs/results.md, CAI)
+
+    .venv/bin/python docs/cai_preference_probe.py [--answers 4] [--epochs 1 4] [--only red_team]
+
+Samples the base model (experiment=cai's env.model, T=1, its 24-token answers) `--answers` times for each training
+prompt and 4 times for each held-out one, labels every pair of answers to one prompt by the gold
+(plugins/assistant_gold.py: harmlessness on red-team prompts, helpfulness on helpful ones; pairs of equal gold left
+out), trains reward=bradley_terry (its defaults, but `--epochs`) on the training prompts' pairs (all, or only those
+of one kind with --only), and prints its accuracy on the held-out prompts' pairs of each kind against the gold order,
+over all pairs and over those whose gold differs by more than 0.05. Run with OMP_NUM_THREADS=1 beside other jobs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from core.cli import compose_run  # noqa: E402
+from core.evaluation import true_order_accuracy  # noqa: E402
+from core.pipeline import build  # noqa: E402
+from core.run import RunContext  # noqa: E402
+from core.tracking import NullTracker  # noqa: E402
+from core.types import Preferences, Response  # noqa: E402
+from plugins.policies.text import build_text_policy  # noqa: E402
+from plugins.rewards.bradley_terry import BradleyTerry  # noqa: E402
+
+KINDS = ("red_team", "helpful")
+
+
+def answers(env, prompts: list[str], per_prompt: int, seed: int) -> list[Response]:  # type: ignore[no-untyped-def]
+    """`per_prompt` answers of env.model to each prompt, each with its gold."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = build_text_policy(env.model, env.max_new_tokens, 1.0, batch_size=32, reference=False)
+    asked = [p for p in prompts for _ in range(per_prompt)]
+    _, texts = model.sample(env.present(asked), seed=seed)
+    return [Response(p, t, gold=float(g)) for p, t, g in zip(asked, texts, env.gold(asked, texts), strict=True)]
+
+
+def gold_pairs(items: list[Response], min_gap: float = 0.0) -> np.ndarray:
+    """Every two answers to one prompt whose gold differs by more than min_gap, the higher first (P, 2)."""
+    by_prompt: dict[str, list[int]] = {}
+    for k, item in enumerate(items):
+        by_prompt.setdefault(item.prompt, []).append(k)
+    pairs = [(i, j) if items[i].gold > items[j].gold else (j, i)  # type: ignore[operator]
+             for group in by_prompt.values() for i, j in itertools.combinations(group, 2)
+             if abs(items[i].gold - items[j].gold) > min_gap]  # type: ignore[operator]
+    return np.array(pairs, dtype=np.int64).reshape(-1, 2)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--answers", type=int, default=4, help="answers sampled per training prompt")
+    parser.add_argument("--epochs", type=int, nargs="+", default=[1, 4], help="reward.epochs, one model each")
+    parser.add_argument("--only", choices=KINDS, help="train on this kind's pairs alone")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    cfg, _ = compose_run("experiment=cai")
+    env = build(cfg.env)
+    start = time.perf_counter()
+    train = answers(env, env.train_prompts, args.answers, args.seed + 1)
+    held = answers(env, env.eval_prompts, 4, args.seed + 2)
+    print(f"sampled {len(train)} + {len(held)} answers in {time.perf_counter() - start:.0f} s")
+    kind_of = [env.prompt_kinds.get(r.prompt) for r in train]
+    pairs = gold_pairs(train)
+    for kind in KINDS:
+        mine = pairs[[kind_of[i] == kind for i in pairs[:, 0]]]
+        gaps = np.array([train[i].gold - train[j].gold for i, j in mine])  # type: ignore[operator]
+        print(f"{kind}: {len(mine)} training pairs, median gold gap {np.median(gaps):.3f}")
+    if args.only:
+        pairs = pairs[[kind_of[i] == args.only for i in pairs[:, 0]]]
+    held_gold = np.array([r.gold for r in held])
+    for epochs in args.epochs:
+        model = BradleyTerry(epochs=epochs)
+        with tempfile.TemporaryDirectory() as folder:
+            run = RunContext(args.seed, Path(folder), NullTracker(), progress=False)
+            model.fit(Preferences(train, pairs), None, run)
+        learned = model.score([r.prompt for r in held], [r.text for r in held])
+        cells = []
+        for kind in KINDS:
+            for gap in (0.0, 0.05):
+                held_pairs = gold_pairs(held, gap)
+                held_pairs = held_pairs[[env.prompt_kinds.get(held[i].prompt) == kind for i in held_pairs[:, 0]]]
+                cells.append(f"{kind} {true_order_accuracy(held_pairs, learned, held_gold):.2f}"
+                             f"{' (gap > 0.05)' if gap else ''} of {len(held_pairs)}")
+        print(f"epochs {epochs}, trained on {args.only or 'both kinds'}: " + ", ".join(cells))
+
+
+if __name__ == "__main__":
+    main()
