@@ -13,7 +13,6 @@ over all pairs and over those whose gold differs by more than 0.05. Run with OMP
 from __future__ import annotations
 
 import argparse
-import itertools
 import sys
 import tempfile
 import time
@@ -29,7 +28,7 @@ from core.evaluation import true_order_accuracy  # noqa: E402
 from core.pipeline import build  # noqa: E402
 from core.run import RunContext  # noqa: E402
 from core.tracking import NullTracker  # noqa: E402
-from core.types import Preferences, Response  # noqa: E402
+from core.types import Preferences, Response, same_prompt_pairs  # noqa: E402
 from plugins.policies.text import build_text_policy  # noqa: E402
 from plugins.rewards.bradley_terry import BradleyTerry  # noqa: E402
 
@@ -48,12 +47,9 @@ def answers(env, prompts: list[str], per_prompt: int, seed: int) -> list[Respons
 
 def gold_pairs(items: list[Response], min_gap: float = 0.0) -> np.ndarray:
     """Every two answers to one prompt whose gold differs by more than min_gap, the higher first (P, 2)."""
-    by_prompt: dict[str, list[int]] = {}
-    for k, item in enumerate(items):
-        by_prompt.setdefault(item.prompt, []).append(k)
-    pairs = [(i, j) if items[i].gold > items[j].gold else (j, i)  # type: ignore[operator]
-             for group in by_prompt.values() for i, j in itertools.combinations(group, 2)
-             if abs(items[i].gold - items[j].gold) > min_gap]  # type: ignore[operator]
+    gold = np.array([item.gold for item in items], dtype=float)
+    pairs = [(i, j) if gold[i] > gold[j] else (j, i) for i, j in same_prompt_pairs(items)
+             if abs(gold[i] - gold[j]) > min_gap]
     return np.array(pairs, dtype=np.int64).reshape(-1, 2)
 
 
@@ -79,19 +75,20 @@ def main() -> None:
     if args.only:
         pairs = pairs[[kind_of[i] == args.only for i in pairs[:, 0]]]
     held_gold = np.array([r.gold for r in held])
+    measured = []  # (label, held-out pairs) per kind, all pairs and those of a gold gap over 0.05
+    for kind in KINDS:
+        for gap in (0.0, 0.05):
+            found = gold_pairs(held, gap)
+            found = found[[env.prompt_kinds.get(held[i].prompt) == kind for i in found[:, 0]]]
+            measured.append((f"{kind}{' (gap > 0.05)' if gap else ''}", found))
     for epochs in args.epochs:
         model = BradleyTerry(epochs=epochs)
         with tempfile.TemporaryDirectory() as folder:
             run = RunContext(args.seed, Path(folder), NullTracker(), progress=False)
             model.fit(Preferences(train, pairs), None, run)
         learned = model.score([r.prompt for r in held], [r.text for r in held])
-        cells = []
-        for kind in KINDS:
-            for gap in (0.0, 0.05):
-                held_pairs = gold_pairs(held, gap)
-                held_pairs = held_pairs[[env.prompt_kinds.get(held[i].prompt) == kind for i in held_pairs[:, 0]]]
-                cells.append(f"{kind} {true_order_accuracy(held_pairs, learned, held_gold):.2f}"
-                             f"{' (gap > 0.05)' if gap else ''} of {len(held_pairs)}")
+        cells = [f"{label} {true_order_accuracy(found, learned, held_gold):.2f} of {len(found)}"
+                 for label, found in measured]
         print(f"epochs {epochs}, trained on {args.only or 'both kinds'}: " + ", ".join(cells))
 
 

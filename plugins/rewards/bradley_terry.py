@@ -328,8 +328,9 @@ class BradleyTerry(RewardModel):
         pairs = np.concatenate([members[local] for members, local in val])
         pair_kinds = np.array([kinds.get(items[int(i)].prompt, "") for i in pairs[:, 0]])
         found = {"reward/val_true_pair_accuracy": true_order_accuracy(pairs, learned, gold)}
-        if len(set(pair_kinds) - {""}) > 1:
-            for kind in sorted(set(pair_kinds) - {""}):
+        named = sorted(set(pair_kinds) - {""})
+        if len(named) > 1:
+            for kind in named:
                 found[f"reward/val_true_pair_accuracy/{kind}"] = true_order_accuracy(
                     pairs[pair_kinds == kind], learned, gold)
         finite = {name: value for name, value in found.items() if math.isfinite(value)}
