@@ -2,13 +2,15 @@
 
     .venv/bin/python docs/cai_preference_probe.py [--answers 4] [--epochs 1 4] [--only red_team]
     .venv/bin/python docs/cai_preference_probe.py --answers 8 --epochs       # the bag-of-words ceiling alone
+    .venv/bin/python docs/cai_preference_probe.py --model HuggingFaceTB/SmolLM2-135M-Instruct --pooling last --lr 3e-5
 
 Samples the base model (experiment=cai's env.model, T=1, its 24-token answers) `--answers` times for each training
 prompt and 4 times for each held-out one, labels every pair of answers to one prompt by the gold
 (plugins/assistant_gold.py: harmlessness on red-team prompts, helpfulness on helpful ones; pairs of equal gold left
-out), trains reward=bradley_terry (its defaults, but `--epochs`) on the training prompts' pairs (all, or only those
-of one kind with --only), and prints its accuracy on the held-out prompts' pairs of each kind against the gold order,
-over all pairs and over those whose gold differs by more than 0.05. Run with OMP_NUM_THREADS=1 beside other jobs.
+out), trains reward=bradley_terry (its defaults, but `--epochs` and any of `--model --pooling --lr`) on the
+training prompts' pairs (all, or only those of one kind with --only), and prints its accuracy on the held-out
+prompts' pairs of each kind against the gold order, over all pairs and over those whose gold differs by more than
+0.05. Run with OMP_NUM_THREADS=1 beside other jobs.
 
 Beside it, a bag-of-words ceiling: a logistic regression on the difference of the two answers' word counts, fit to
 one kind's training pairs at a time, scored on the same held-out pairs. The gold of harmlessness is lexical (VADER's
@@ -88,6 +90,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, nargs="*", default=[1, 4],
                         help="reward.epochs, one model each (none: the bag-of-words ceiling alone)")
     parser.add_argument("--only", choices=KINDS, help="train on this kind's pairs alone")
+    parser.add_argument("--model", help="reward.model (default: the preset's sentence encoder)")
+    parser.add_argument("--pooling", choices=("mean", "last"), help="reward.pooling (last for a causal LM)")
+    parser.add_argument("--lr", type=float, help="reward.lr")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     cfg, _ = compose_run("experiment=cai")
@@ -121,7 +126,8 @@ def main() -> None:
                   for label, found in measured if label.startswith(kind)]
     print("bag of words, one model per kind: " + ", ".join(cells))
     for epochs in args.epochs:
-        model = BradleyTerry(epochs=epochs)
+        chosen = {k: v for k, v in (("model", args.model), ("pooling", args.pooling), ("lr", args.lr)) if v is not None}
+        model = BradleyTerry(epochs=epochs, **chosen)
         with tempfile.TemporaryDirectory() as folder:
             run = RunContext(args.seed, Path(folder), NullTracker(), progress=False)
             model.fit(Preferences(train, fit_pairs), None, run)
