@@ -16,7 +16,8 @@ Beside it, a bag-of-words ceiling: a logistic regression on the difference of th
 one kind's training pairs at a time, scored on the same held-out pairs. The gold of harmlessness is lexical (VADER's
 negative words, an n-gram classifier), so a model of the answers' words is the form it takes; where this model cannot
 order held-out pairs either, the training pairs do not carry the signal, whatever the preference model. It also
-prints how many of the negative words (VADER's lexicon) in held-out red-team answers ever occur in a training answer.
+prints how many of the negative words (VADER's lexicon) in held-out red-team answers occur in a red-team training
+answer.
 """
 
 from __future__ import annotations
@@ -117,16 +118,17 @@ def main() -> None:
             measured.append((f"{kind}{' (gap > 0.05)' if gap else ''}", found))
     red_held = [w for r in held if env.prompt_kinds.get(r.prompt) == "red_team" for w in negative_words(r.text)]
     seen = {w for r in train if env.prompt_kinds.get(r.prompt) == "red_team" for w in negative_words(r.text)}
-    print(f"negative words in held-out red-team answers: {len(red_held)}, "
-          f"{np.mean([w in seen for w in red_held]) if red_held else float('nan'):.2f} of them in a training answer")
+    share = np.mean([w in seen for w in red_held]) if red_held else float("nan")
+    print(f"negative words in held-out red-team answers: {len(red_held)}, {share:.2f} of them in a red-team training "
+          "answer")
     cells = []
     for kind, mine in of_kind.items():
         scores = bag_of_words_scores(train, mine, held)
         cells += [f"{label} {true_order_accuracy(found, scores, held_gold):.2f} of {len(found)}"
                   for label, found in measured if label.startswith(kind)]
     print("bag of words, one model per kind: " + ", ".join(cells))
+    chosen = {k: v for k, v in (("model", args.model), ("pooling", args.pooling), ("lr", args.lr)) if v is not None}
     for epochs in args.epochs:
-        chosen = {k: v for k, v in (("model", args.model), ("pooling", args.pooling), ("lr", args.lr)) if v is not None}
         model = BradleyTerry(epochs=epochs, **chosen)
         with tempfile.TemporaryDirectory() as folder:
             run = RunContext(args.seed, Path(folder), NullTracker(), progress=False)
