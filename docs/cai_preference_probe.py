@@ -39,11 +39,12 @@ from core.pipeline import build  # noqa: E402
 from core.run import RunContext  # noqa: E402
 from core.tracking import NullTracker  # noqa: E402
 from core.types import Preferences, Response, same_prompt_pairs  # noqa: E402
+from plugins.assistant_gold import RED_TEAM  # noqa: E402
 from plugins.policies.text import build_text_policy  # noqa: E402
 from plugins.reviews import vader  # noqa: E402
 from plugins.rewards.bradley_terry import BradleyTerry  # noqa: E402
 
-KINDS = ("red_team", "helpful")
+KINDS = (RED_TEAM, "helpful")
 
 
 def answers(env, prompts: list[str], per_prompt: int, seed: int) -> list[Response]:  # type: ignore[no-untyped-def]
@@ -110,14 +111,15 @@ def main() -> None:
         print(f"{kind}: {len(mine)} training pairs, median gold gap {np.median(gaps):.3f}")
     fit_pairs = of_kind[args.only] if args.only else pairs
     held_gold = np.array([r.gold for r in held])
+    held_kind_of = [env.prompt_kinds.get(r.prompt) for r in held]
+    held_pairs = {gap: gold_pairs(held, gap) for gap in (0.0, 0.05)}
     measured = []  # (label, held-out pairs) per kind, all pairs and those of a gold gap over 0.05
     for kind in KINDS:
-        for gap in (0.0, 0.05):
-            found = gold_pairs(held, gap)
-            found = found[[env.prompt_kinds.get(held[i].prompt) == kind for i in found[:, 0]]]
-            measured.append((f"{kind}{' (gap > 0.05)' if gap else ''}", found))
-    red_held = [w for r in held if env.prompt_kinds.get(r.prompt) == "red_team" for w in negative_words(r.text)]
-    seen = {w for r in train if env.prompt_kinds.get(r.prompt) == "red_team" for w in negative_words(r.text)}
+        for gap, found in held_pairs.items():
+            measured.append((f"{kind}{' (gap > 0.05)' if gap else ''}",
+                             found[[held_kind_of[i] == kind for i in found[:, 0]]]))
+    red_held = [w for r, k in zip(held, held_kind_of, strict=True) if k == RED_TEAM for w in negative_words(r.text)]
+    seen = {w for r, k in zip(train, kind_of, strict=True) if k == RED_TEAM for w in negative_words(r.text)}
     share = np.mean([w in seen for w in red_held]) if red_held else float("nan")
     print(f"negative words in held-out red-team answers: {len(red_held)}, {share:.2f} of them in a red-team training "
           "answer")
